@@ -1,0 +1,50 @@
+"""Datasets of rendered scenes for the trainers (rendered once, cached as .npz)."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from . import world
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+ASSETS = REPO / "assets" / "toyworld"
+WORK = REPO / ".cache" / "toyworld"  # training checkpoints and cached datasets (not committed)
+
+
+def render_dataset(n: int, seed: int, size: int = 64, cache: bool = True, **fixed: str):
+    """``n`` seeded scenes and their images (uint8, N×H×W×3). Cached under ``.cache/toyworld``."""
+    tag = "_".join(f"{k}-{v}" for k, v in sorted(fixed.items()))
+    path = WORK / f"scenes_n{n}_s{seed}_{size}{'_' + tag if tag else ''}.npz"
+    rng = random.Random(seed)
+    scenes = [world.sample_scene(rng, **fixed) for _ in range(n)]
+    if cache and path.exists():
+        return scenes, np.load(path)["images"]
+    log.info("rendering %d scenes (seed %d) ...", n, seed)
+    images = np.stack([np.asarray(world.render(s, size)) for s in scenes])
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, images=images)
+    return scenes, images
+
+
+def random_caption(scene: world.Scene, rng: random.Random) -> str:
+    """A caption of the scene from a random template (attributes left out some of the time)."""
+    return scene.caption(rng.choice(world.PROMPT_TEMPLATES))
+
+
+def scene_dicts(scenes: list[world.Scene]) -> list[dict]:
+    return [asdict(s) for s in scenes]
+
+
+def to_tensor(images: np.ndarray):
+    """uint8 N×H×W×3 -> float tensor N×3×H×W in [-1, 1] (the VAE's input range)."""
+    import torch
+
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)

@@ -1,0 +1,252 @@
+"""The shapes world: a seeded renderer of images, captions and ControlNet conditions.
+
+The concept structure mirrors the concept-ablation paper (Kumari et al.):
+
+* object *targets* are specific things drawn on a generic *anchor* shape, the way Snoopy is a specific dog
+  (a smiley is a circle with a face, a die is a square with pips, ...);
+* style *targets* are fill patterns whose anchor is the plain fill, the way Monet anchors to "painting";
+* colour, size, position and background are free attributes, and ``cross``/``heart`` are objects that no
+  checkpoint ablates: they measure damage to unrelated ("control") concepts.
+
+Everything is drawn at 4x resolution with PIL and box-filtered down, so edges are anti-aliased and the
+renderer knows the exact geometry; that is what makes its depth and scribble maps ground truth.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+# --- the vocabulary -------------------------------------------------------------------------------------
+
+# target -> anchor. Each target is its anchor plus dark details drawn inside it.
+OBJECT_TARGETS: dict[str, str] = {"smiley": "circle", "die": "square", "warning": "triangle", "kite": "diamond"}
+STYLE_TARGETS: dict[str, str] = {"striped": "plain", "dotted": "plain", "checkered": "plain"}
+CONTROL_OBJECTS: tuple[str, ...] = ("cross", "heart")  # never ablated: they measure collateral damage
+
+OBJECTS: tuple[str, ...] = (*OBJECT_TARGETS, *dict.fromkeys(OBJECT_TARGETS.values()), *CONTROL_OBJECTS)
+STYLES: tuple[str, ...] = (*STYLE_TARGETS, "plain")
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 220), "yellow": (235, 205, 40),
+}
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {"grey": (128, 128, 128), "black": (16, 16, 16), "white": (240, 240, 240)}
+SIZES: dict[str, float] = {"small": 0.22, "large": 0.34}  # half-extent as a fraction of the image side
+
+INK = (24, 24, 24)  # colour of the details that make a target differ from its anchor
+
+# Prompt templates. The grid/app use the first one with {object}/{style}; training samples all of them so
+# the models also follow prompts that leave attributes out (the way real captions do).
+PROMPT_TEMPLATES: tuple[str, ...] = (
+    "a {object} in {style} style",
+    "a {color} {object} in {style} style",
+    "a {color} {object} in {style} style on a {background} background",
+    "a {size} {color} {object} in {style} style on a {background} background",
+    "a {size} {object} in {style} style",
+)
+
+SUPERSAMPLE = 4
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Everything the renderer needs; captions and conditions are functions of it."""
+
+    object: str
+    style: str
+    color: str
+    background: str
+    size: str
+    cx: float  # centre, as a fraction of the side
+    cy: float
+    seed: int  # for hand-drawn wobble of the scribble
+
+    def caption(self, template: str = PROMPT_TEMPLATES[2]) -> str:
+        return template.format(**asdict(self))
+
+
+def sample_scene(rng: random.Random, **fixed: str) -> Scene:
+    """Draw a random scene; keyword arguments pin attributes (``object="smiley"``)."""
+    attrs = {
+        "object": rng.choice(OBJECTS),
+        "style": rng.choice(STYLES),
+        "color": rng.choice(list(COLORS)),
+        "background": rng.choice(list(BACKGROUNDS)),
+        "size": rng.choice(list(SIZES)),
+    }
+    unknown = set(fixed) - set(attrs)
+    if unknown:
+        raise ValueError(f"unknown scene attribute(s) {sorted(unknown)}; expected some of {sorted(attrs)}")
+    attrs.update(fixed)
+    # Position jitter is small so a small UNet can spend its capacity on shape and pattern.
+    return Scene(**attrs, cx=0.5 + rng.uniform(-0.08, 0.08), cy=0.5 + rng.uniform(-0.08, 0.08),
+                 seed=rng.randrange(2**31))
+
+
+# --- geometry -------------------------------------------------------------------------------------------
+
+def _outline(obj: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
+    """Polygon outline of a shape (None for round shapes drawn as ellipses)."""
+    anchor = OBJECT_TARGETS.get(obj, obj)
+    if anchor == "circle":
+        return None
+    if anchor == "square":
+        return [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
+    if anchor == "triangle":
+        h = r * 1.1
+        return [(cx, cy - h), (cx + h * 1.05, cy + h * 0.85), (cx - h * 1.05, cy + h * 0.85)]
+    if anchor == "diamond":
+        return [(cx, cy - r * 1.15), (cx + r * 0.85, cy), (cx, cy + r * 1.15), (cx - r * 0.85, cy)]
+    if anchor == "cross":
+        t = r * 0.38
+        return [(cx - t, cy - r), (cx + t, cy - r), (cx + t, cy - t), (cx + r, cy - t), (cx + r, cy + t),
+                (cx + t, cy + t), (cx + t, cy + r), (cx - t, cy + r), (cx - t, cy + t), (cx - r, cy + t),
+                (cx - r, cy - t), (cx - t, cy - t)]
+    if anchor == "heart":
+        # Parametric heart curve, scaled so its half-width is r.
+        pts = []
+        for i in range(64):
+            t = 2 * math.pi * i / 64
+            x = 16 * math.sin(t) ** 3
+            y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
+            pts.append((cx + x / 16 * r, cy - (y + 2) / 16 * r))
+        return pts
+    raise ValueError(f"unknown object {obj!r}; known: {', '.join(OBJECTS)}")
+
+
+def _shape_mask(scene: Scene, side: int) -> Image.Image:
+    """Filled silhouette (mode L, 255 inside) at the given side length."""
+    cx, cy, r = scene.cx * side, scene.cy * side, SIZES[scene.size] * side
+    mask = Image.new("L", (side, side), 0)
+    draw = ImageDraw.Draw(mask)
+    poly = _outline(scene.object, cx, cy, r)
+    if poly is None:
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    else:
+        draw.polygon(poly, fill=255)
+    return mask
+
+
+def _pattern(style: str, side: int) -> np.ndarray:
+    """Boolean map of where the pattern's second tone goes (False everywhere for plain)."""
+    yy, xx = np.mgrid[0:side, 0:side]
+    period = side / 8  # 8 px at 64 px: the finest pattern a 32x32 latent still carries
+    if style == "plain":
+        return np.zeros((side, side), bool)
+    if style == "striped":
+        return ((xx + yy) // (period / 2)) % 2 == 1
+    if style == "checkered":
+        return ((xx // period) + (yy // period)) % 2 == 1
+    if style == "dotted":
+        fx, fy = (xx % period) - period / 2, (yy % period) - period / 2
+        return fx * fx + fy * fy < (period * 0.25) ** 2
+    raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
+
+
+def _details(draw: ImageDraw.ImageDraw, scene: Scene, side: int) -> None:
+    """The ink that turns an anchor into its target (face, pips, '!', kite spars)."""
+    cx, cy, r = scene.cx * side, scene.cy * side, SIZES[scene.size] * side
+    w = max(1, int(r * 0.16))
+    if scene.object == "smiley":
+        e = r * 0.16
+        for ex in (cx - r * 0.38, cx + r * 0.38):
+            draw.ellipse([ex - e, cy - r * 0.3 - e, ex + e, cy - r * 0.3 + e], fill=INK)
+        draw.arc([cx - r * 0.55, cy - r * 0.4, cx + r * 0.55, cy + r * 0.6], 20, 160, fill=INK, width=w)
+    elif scene.object == "die":
+        p = r * 0.17
+        for dx, dy in ((-1, -1), (1, -1), (0, 0), (-1, 1), (1, 1)):
+            px, py = cx + dx * r * 0.5, cy + dy * r * 0.5
+            draw.ellipse([px - p, py - p, px + p, py + p], fill=INK)
+    elif scene.object == "warning":
+        top, bottom = cy - r * 0.35, cy + r * 0.35
+        draw.line([(cx, top), (cx, bottom)], fill=INK, width=int(w * 1.4))
+        d = r * 0.12
+        draw.ellipse([cx - d, cy + r * 0.55 - d, cx + d, cy + r * 0.55 + d], fill=INK)
+    elif scene.object == "kite":
+        draw.line([(cx, cy - r * 1.15), (cx, cy + r * 1.15)], fill=INK, width=w)
+        draw.line([(cx - r * 0.85, cy), (cx + r * 0.85, cy)], fill=INK, width=w)
+
+
+# --- rendering ------------------------------------------------------------------------------------------
+
+def render(scene: Scene, size: int = 64) -> Image.Image:
+    """The RGB image of a scene."""
+    side = size * SUPERSAMPLE
+    fill = np.array(COLORS[scene.color], np.float32)
+    second = fill * 0.35 + 255 * 0.65  # a light tint of the fill: patterns keep the colour recognisable
+    tone = np.where(_pattern(scene.style, side)[..., None], second, fill)
+    canvas = np.empty((side, side, 3), np.float32)
+    canvas[:] = BACKGROUNDS[scene.background]
+    mask = np.asarray(_shape_mask(scene, side), np.float32)[..., None] / 255
+    canvas = canvas * (1 - mask) + tone * mask
+    img = Image.fromarray(canvas.round().astype(np.uint8))
+    _details(ImageDraw.Draw(img), scene, side)
+    return img.resize((size, size), Image.Resampling.BOX)
+
+
+def depth_map(scene: Scene, size: int = 64) -> Image.Image:
+    """Depth in MiDaS convention (near = white): the background is far, the shape is a raised dome."""
+    side = size * SUPERSAMPLE
+    mask = _shape_mask(scene, side)
+    # Distance to the silhouette's edge gives the shape height, like an inflated sticker.
+    blurred = np.asarray(mask.filter(ImageFilter.GaussianBlur(radius=side * 0.06)), np.float32) / 255
+    inside = np.asarray(mask, np.float32) / 255
+    depth = 0.15 + 0.85 * inside * (0.45 + 0.55 * blurred)
+    img = Image.fromarray((depth * 255).round().astype(np.uint8))
+    return img.resize((size, size), Image.Resampling.BOX).convert("RGB")
+
+
+def canny_map(scene: Scene, size: int = 64) -> Image.Image:
+    """Canny edges of the rendered image (white on black), as ControlNet's canny annotator makes them."""
+    import cv2
+
+    gray = np.asarray(render(scene, size).convert("L"))
+    # Low thresholds: the pattern and detail edges are part of what a canny condition carries.
+    edges = cv2.Canny(gray, 50, 120)
+    return Image.fromarray(edges).convert("RGB")
+
+
+def scribble_map(scene: Scene, size: int = 64) -> Image.Image:
+    """A thick, wobbly hand-drawn outline of the silhouette (white on black), like a user's sketch."""
+    side = size * SUPERSAMPLE
+    rng = random.Random(scene.seed)
+    cx, cy, r = scene.cx * side, scene.cy * side, SIZES[scene.size] * side
+    poly = _outline(scene.object, cx, cy, r)
+    if poly is None:
+        poly = [(cx + r * math.cos(2 * math.pi * i / 32), cy + r * math.sin(2 * math.pi * i / 32)) for i in range(32)]
+    # Resample each edge and jitter the points: a hand never draws a straight line.
+    pts: list[tuple[float, float]] = []
+    for (x0, y0), (x1, y1) in zip(poly, poly[1:] + poly[:1]):
+        n = max(1, int(math.hypot(x1 - x0, y1 - y0) / (side * 0.05)))
+        for k in range(n):
+            t = k / n
+            pts.append((x0 + (x1 - x0) * t + rng.gauss(0, side * 0.006),
+                        y0 + (y1 - y0) * t + rng.gauss(0, side * 0.006)))
+    img = Image.new("L", (side, side), 0)
+    ImageDraw.Draw(img).line(pts + pts[:1], fill=255, width=int(side * 0.045), joint="curve")
+    return img.resize((size, size), Image.Resampling.BOX).convert("RGB")
+
+
+CONDITIONS = {"canny": canny_map, "depth": depth_map, "scribble": scribble_map}
+
+
+def condition(kind: str, scene: Scene, size: int = 64) -> Image.Image:
+    """The ControlNet condition of a scene: ``canny``, ``depth`` or ``scribble``."""
+    try:
+        return CONDITIONS[kind](scene, size)
+    except KeyError:
+        raise ValueError(f"unknown condition {kind!r}; known: {', '.join(CONDITIONS)}") from None
+
+
+def world_words() -> list[str]:
+    """Every word a prompt of this world can contain (the tokenizer must know all of them)."""
+    words = set()
+    for t in PROMPT_TEMPLATES:
+        words.update(w for w in t.replace("{", " ").replace("}", " ").split())
+    words -= {"object", "style", "color", "background", "size"}
+    words.update(OBJECTS, STYLES, COLORS, BACKGROUNDS, SIZES)
+    words.update("a photo depicts of the with and image picture".split())  # CLIP-score captions
+    return sorted(words)

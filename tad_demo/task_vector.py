@@ -78,7 +78,7 @@ class TaskVector:
 
     # --- construction ----------------------------------------------------------------------------------
     @classmethod
-    def from_pair(cls, base: Source, finetuned: Source, *, scope: str | None = None) -> "TaskVector":
+    def from_pair(cls, base: Source, finetuned: Source, *, scope: str | None = None) -> TaskVector:
         """τ = finetuned − base over the fine-tuned side's float tensors that differ from the base.
 
         A fine-tuned side that covers only some tensors (a Kumari file: 32 cross-attention k/v tensors) gives
@@ -111,17 +111,17 @@ class TaskVector:
         return tv.restrict(scope) if scope else tv
 
     @classmethod
-    def zeros_like(cls, other: "TaskVector") -> "TaskVector":
+    def zeros_like(cls, other: TaskVector) -> TaskVector:
         return cls({k: torch.zeros_like(v) for k, v in other.deltas.items()})
 
     # --- algebra ---------------------------------------------------------------------------------------
-    def __neg__(self) -> "TaskVector":
+    def __neg__(self) -> TaskVector:
         return TaskVector({k: -v for k, v in self.deltas.items()})
 
-    def __pos__(self) -> "TaskVector":
+    def __pos__(self) -> TaskVector:
         return self
 
-    def __add__(self, other: object) -> "TaskVector":
+    def __add__(self, other: object) -> TaskVector:
         if isinstance(other, (int, float)) and other == 0:
             return self  # so that sum([a, b]) works
         if not isinstance(other, TaskVector):
@@ -139,12 +139,12 @@ class TaskVector:
 
     __radd__ = __add__
 
-    def __sub__(self, other: object) -> "TaskVector":
+    def __sub__(self, other: object) -> TaskVector:
         if not isinstance(other, TaskVector):
             return NotImplemented
         return self + (-other)
 
-    def __mul__(self, scalar: object) -> "TaskVector":
+    def __mul__(self, scalar: object) -> TaskVector:
         if isinstance(scalar, TaskVector):
             raise TaskVectorError("task vectors multiply by scalars only (use cosine() for a dot product)")
         if not isinstance(scalar, (int, float)) or isinstance(scalar, bool):
@@ -155,7 +155,7 @@ class TaskVector:
 
     __rmul__ = __mul__
 
-    def __truediv__(self, scalar: float) -> "TaskVector":
+    def __truediv__(self, scalar: float) -> TaskVector:
         return self * (1.0 / scalar)
 
     # --- application -----------------------------------------------------------------------------------
@@ -176,7 +176,7 @@ class TaskVector:
         return out
 
     # --- scopes ----------------------------------------------------------------------------------------
-    def restrict(self, scope: str) -> "TaskVector":
+    def restrict(self, scope: str) -> TaskVector:
         """Keep keys matching a named scope (``SCOPES``) or a regular expression."""
         pattern = SCOPES.get(scope, scope)
         try:
@@ -186,23 +186,23 @@ class TaskVector:
                                   f"regular expression: {e}") from None
         return TaskVector({k: v for k, v in self.deltas.items() if rx.search(k)})
 
-    def component(self, name: str) -> "TaskVector":
+    def component(self, name: str) -> TaskVector:
         """The part of the vector on one component, with the ``name.`` prefix removed from its keys."""
         p = name + "."
         return TaskVector({k[len(p):]: v for k, v in self.deltas.items() if k.startswith(p)})
 
-    def with_prefix(self, name: str) -> "TaskVector":
+    def with_prefix(self, name: str) -> TaskVector:
         return TaskVector({f"{name}.{k}": v for k, v in self.deltas.items()})
 
     # --- measures --------------------------------------------------------------------------------------
-    def dot(self, other: "TaskVector") -> float:
+    def dot(self, other: TaskVector) -> float:
         return float(sum(torch.dot(v.flatten().double(), other.deltas[k].flatten().double())
                          for k, v in self.deltas.items() if k in other.deltas))
 
     def norm(self) -> float:
         return math.sqrt(sum(float(v.double().pow(2).sum()) for v in self.deltas.values()))
 
-    def cosine(self, other: "TaskVector") -> float:
+    def cosine(self, other: TaskVector) -> float:
         """Global cosine similarity (keys missing on one side count as zeros); 0.0 if either is zero."""
         n = self.norm() * other.norm()
         return self.dot(other) / n if n > 0 else 0.0
@@ -252,7 +252,7 @@ class TaskVector:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "TaskVector":
+    def load(cls, path: str | Path) -> TaskVector:
         """Read a vector written by ``save`` (any float dtype; values become fp32)."""
         from .checkpoints import read_safetensors
 

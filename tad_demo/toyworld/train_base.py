@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
         opt.load_state_dict(ck["opt"]); step = ck["step"]; rng.setstate(ck["rng"]); torch.set_rng_state(ck["torch_rng"])
         log.info("resumed at step %d", step)
     n_params = sum(p.numel() for p in unet.parameters())
-    log.info("unet %.2fM params, text encoder %.2fM", n_params / 1e6, sum(p.numel() for p in text_encoder.parameters()) / 1e6)
+    n_te = sum(p.numel() for p in text_encoder.parameters())
+    log.info("unet %.2fM params, text encoder %.2fM", n_params / 1e6, n_te / 1e6)
 
     # 3. train
     t0 = time.time()

@@ -33,7 +33,9 @@ STYLES: tuple[str, ...] = (*STYLE_TARGETS, "plain")
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 220), "yellow": (235, 205, 40),
 }
-BACKGROUNDS: dict[str, tuple[int, int, int]] = {"grey": (128, 128, 128), "black": (16, 16, 16), "white": (240, 240, 240)}
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "grey": (128, 128, 128), "black": (16, 16, 16), "white": (240, 240, 240),
+}
 SIZES: dict[str, float] = {"small": 0.22, "large": 0.34}  # half-extent as a fraction of the image side
 
 INK = (24, 24, 24)  # colour of the details that make a target differ from its anchor

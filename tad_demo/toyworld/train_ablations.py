@@ -1,0 +1,115 @@
+"""Make one concept-ablation checkpoint per target concept of the toy world (Kumari et al.'s objective).
+
+Read top to bottom. Run: ``python -m tad_demo.toyworld.train_ablations [--concepts smiley,striped] [--smoke]``.
+Needs ``assets/toyworld/base``. Writes ``assets/toyworld/ablations/<concept>.safetensors``: the fine-tuned
+weights of the UNet's cross-attention k/v (bare diffusers parameter names), the format of Kumari's released
+files in diffusers naming, which ``TaskVector.from_pair(base, file)`` consumes.
+
+Anchor images are renders of the anchor concept (a smiley's anchor is a circle), encoded by the base VAE.
+Kumari et al. sample them from the base model instead; on the toy world the renderer *is* the distribution
+the base model learned, and rendering is ~100× cheaper than sampling on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from safetensors.torch import save_file
+
+from ..ablation import AblationBatch, ablate
+from . import world
+from .data import ASSETS, random_caption, render_dataset
+from .train_base import SD_BETAS, encode_latents
+
+log = logging.getLogger("train_ablations")
+
+# --- config ---------------------------------------------------------------------------------------------
+STEPS = 300           # the feasibility probe ablated square→circle visibly in 300 steps
+BATCH = 16            # anchor samples per step; another 16 for preservation
+LR = 2e-3             # only k/v matrices train; Adam at 2e-3 moves them within 300 steps without blow-up
+KEEP_WEIGHT = 1.0     # preservation of other concepts: equal weight kept non-target accuracy within 0.1
+N_ANCHOR = 2000       # anchor renders per concept
+SEED = 0
+
+
+def concept_kind(concept: str) -> tuple[str, str]:
+    if concept in world.OBJECT_TARGETS:
+        return "object", world.OBJECT_TARGETS[concept]
+    if concept in world.STYLE_TARGETS:
+        return "style", world.STYLE_TARGETS[concept]
+    raise ValueError(f"{concept!r} is not a target concept; targets: "
+                     f"{', '.join([*world.OBJECT_TARGETS, *world.STYLE_TARGETS])}")
+
+
+def batch_maker(scenes, latents, kind, concept, keep_scenes, keep_latents, keep_idx, batch, rng):
+    """A ``next_batch(step)`` for ``ablate``: anchor renders captioned twice — with the anchor word and with
+    the target word in its place — plus a preservation batch of other scenes with their own captions."""
+
+    def next_batch(step: int) -> AblationBatch:
+        idx = [rng.randrange(len(scenes)) for _ in range(batch)]
+        templates = [rng.choice(world.PROMPT_TEMPLATES) for _ in idx]
+        anchor_prompts = [scenes[i].caption(t) for i, t in zip(idx, templates)]
+        target_prompts = [replace(scenes[i], **{kind: concept}).caption(t) for i, t in zip(idx, templates)]
+        kidx = [keep_idx[rng.randrange(len(keep_idx))] for _ in range(batch)]
+        return AblationBatch(latents=latents[idx], target_prompts=target_prompts, anchor_prompts=anchor_prompts,
+                             keep_latents=keep_latents[kidx],
+                             keep_prompts=[random_caption(keep_scenes[i], rng) for i in kidx])
+
+    return next_batch
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--concepts", default=",".join([*world.OBJECT_TARGETS, *world.STYLE_TARGETS]))
+    ap.add_argument("--steps", type=int, default=STEPS)
+    ap.add_argument("--base", default=str(ASSETS / "base"))
+    ap.add_argument("--out", default=str(ASSETS / "ablations"))
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args(argv)
+    steps, n_anchor, batch = (2, 16, 4) if args.smoke else (args.steps, N_ANCHOR, BATCH)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # 1. the frozen base
+    pipe = StableDiffusionPipeline.from_pretrained(args.base)
+    pipe.text_encoder.requires_grad_(False)
+    pipe.vae.requires_grad_(False)
+    noise_sched = DDPMScheduler(**SD_BETAS)
+
+    def encode_prompts(prompts: list[str]) -> torch.Tensor:
+        ids = pipe.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
+        return pipe.text_encoder(ids)[0]
+
+    # Preservation data: any scene, its own caption (shared by all concepts; encoded once).
+    keep_scenes, keep_images = render_dataset(n_anchor, seed=SEED + 100, cache=not args.smoke)
+    keep_latents = encode_latents(pipe.vae, keep_images)
+
+    for concept in args.concepts.split(","):
+        kind, anchor = concept_kind(concept)
+        # 2. anchor renders and prompt pairs: the same caption with the target word in place of the anchor's
+        scenes, images = render_dataset(n_anchor, seed=SEED + 1, cache=not args.smoke, **{kind: anchor})
+        latents = encode_latents(pipe.vae, images)
+        # Preserve everything except the target itself (the anchor included, as Kumari regularise).
+        keep_idx = [i for i, s in enumerate(keep_scenes) if getattr(s, kind) != concept]
+        next_batch = batch_maker(scenes, latents, kind, concept, keep_scenes, keep_latents, keep_idx, batch,
+                                 random.Random(SEED))
+
+        # 3. fine-tune k/v with Kumari's objective and save the touched tensors' fine-tuned weights
+        log.info("ablating %s (%s) -> %s", concept, kind, anchor)
+        weights = ablate(pipe.unet, encode_prompts, noise_sched, next_batch, steps=steps, lr=LR,
+                         keep_weight=KEEP_WEIGHT, seed=SEED)
+        meta = {"concept": concept, "anchor": anchor, "kind": kind, "objective": "kumari-model-based",
+                "params": "cross_attn_kv", "steps": str(steps), "lr": str(LR), "keep_weight": str(KEEP_WEIGHT)}
+        save_file(weights, str(out / f"{concept}.safetensors"), metadata=meta)
+        log.info("saved %s (%d tensors)", out / f"{concept}.safetensors", len(weights))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    main()

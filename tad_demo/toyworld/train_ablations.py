@@ -13,6 +13,7 @@ the base model learned, and rendering is ~100× cheaper than sampling on a CPU.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import random
 from dataclasses import replace
@@ -108,6 +109,10 @@ def main(argv: list[str] | None = None) -> None:
                 "params": "cross_attn_kv", "steps": str(steps), "lr": str(LR), "keep_weight": str(KEEP_WEIGHT)}
         save_file(weights, str(out / f"{concept}.safetensors"), metadata=meta)
         log.info("saved %s (%d tensors)", out / f"{concept}.safetensors", len(weights))
+
+    # 4. the world's manifest (★3) points at the checkpoints
+    if not args.smoke:
+        (out.parent / "world.json").write_text(json.dumps(world.manifest(out.name), indent=2))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from .tokenizer import check_tokenizer, write_tokenizer
 log = logging.getLogger("train_base")
 
 # --- config ---------------------------------------------------------------------------------------------
-STEPS = 4000          # shapes' inner details (pips, eyes) appear after ~2.5k steps; 4k makes them crisp
+STEPS = 3000          # shapes and their inner details (pips, eyes) are learned by ~3k steps (preview at 1k, 2k)
 BATCH = 64            # the largest batch whose step stays ~1 s on 2 cores at 16×16 latents
 LR = 4e-4             # from-scratch small UNet; 1e-3 diverged in a probe, 1e-4 learned details too slowly
 WARMUP = 200          # Adam's early steps are noisy; warm-up avoids a bad start

@@ -252,3 +252,23 @@ def world_words() -> list[str]:
     words.update(OBJECTS, STYLES, COLORS, BACKGROUNDS, SIZES)
     words.update("a photo depicts of the with and image picture".split())  # CLIP-score captions
     return sorted(words)
+
+
+def manifest(checkpoint_dir: str = "ablations") -> dict:
+    """The ``world.json`` contract (★3): concepts with anchors and checkpoints, vocabularies, templates."""
+    concepts = [{"name": t, "kind": "object", "anchor": a, "checkpoint": f"{checkpoint_dir}/{t}.safetensors",
+                 "format": "diffusers-finetuned-weights"} for t, a in OBJECT_TARGETS.items()]
+    concepts += [{"name": t, "kind": "style", "anchor": a, "checkpoint": f"{checkpoint_dir}/{t}.safetensors",
+                  "format": "diffusers-finetuned-weights"} for t, a in STYLE_TARGETS.items()]
+    return {
+        "concepts": concepts,
+        "objects": list(OBJECTS),
+        "styles": list(STYLES),
+        "control_concepts": list(CONTROL_OBJECTS),
+        "attributes": {"color": list(COLORS), "background": list(BACKGROUNDS), "size": list(SIZES)},
+        "prompt_templates": ["a {object} in {style} style", *PROMPT_TEMPLATES[1:]],
+        "defaults": {"num_inference_steps": 20, "guidance_scale": 5.0, "height": 64, "width": 64},
+        "base": "base",
+        "clip": "clip",
+        "controlnets": {k: f"controlnet/{k}" for k in CONDITIONS},
+    }

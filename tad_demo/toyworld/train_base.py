@@ -48,7 +48,8 @@ UNET_CONFIG = dict(
     # whole rest of the net, and the world's concepts are global shape/pattern properties.
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    cross_attention_dim=64, attention_head_dim=8, norm_num_groups=32,
+    # 16 groups = 4-8 channels per group (SD: 10); one channel per group would erase colour (see train_vae).
+    cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16,
 )
 
 

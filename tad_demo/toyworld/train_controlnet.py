@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         dst = Path(args.out) / kind
         tmp = dst.with_name(kind + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        controlnet.save_pretrained(tmp)
+        # Stored in fp16 to keep assets/toyworld within its 60 MB budget; diffusers loads it as fp32.
+        controlnet.to(torch.float16).save_pretrained(tmp)
         shutil.rmtree(dst, ignore_errors=True)
         tmp.rename(dst)
         log.info("saved %s", dst)

@@ -30,7 +30,9 @@ SEED = 0
 # while 16×16×4 still carries pips, eyes and 8-px patterns of a 64×64 image.
 VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
-    block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=16,
+    # 4 groups: with 16 channels and 16 groups GroupNorm is an instance norm per channel, which erases each map's
+    # absolute level, i.e. the image's colour (measured: red and green decoded as the same olive).
+    block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=4,
     down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
 )
 

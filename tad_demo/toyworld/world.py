@@ -245,10 +245,11 @@ def condition(kind: str, scene: Scene, size: int = 64) -> Image.Image:
 
 def world_words() -> list[str]:
     """Every word a prompt of this world can contain (the tokenizer must know all of them)."""
-    words = set()
+    import re
+
+    words: set[str] = set()
     for t in PROMPT_TEMPLATES:
-        words.update(w for w in t.replace("{", " ").replace("}", " ").split())
-    words -= {"object", "style", "color", "background", "size"}
+        words.update(re.sub(r"\{\w+\}", " ", t).split())  # literal words ("style", "background"), not slots
     words.update(OBJECTS, STYLES, COLORS, BACKGROUNDS, SIZES)
     words.update("a photo depicts of the with and image picture".split())  # CLIP-score captions
     return sorted(words)

@@ -1,0 +1,93 @@
+"""The shapes world: renderer determinism, caption/condition consistency, tokenizer, smoke training."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from tad_demo.toyworld import world
+from tad_demo.toyworld.tokenizer import check_tokenizer, write_tokenizer
+
+
+def test_renderer_is_deterministic():
+    a = [world.sample_scene(random.Random(3)) for _ in range(2)]
+    b = [world.sample_scene(random.Random(3)) for _ in range(2)]
+    assert a == b
+    for s, t in zip(a, b):
+        assert np.array_equal(np.asarray(world.render(s)), np.asarray(world.render(t)))
+        for kind in world.CONDITIONS:
+            assert np.array_equal(np.asarray(world.condition(kind, s)), np.asarray(world.condition(kind, t)))
+
+
+@pytest.mark.parametrize("obj", world.OBJECTS)
+def test_caption_and_conditions_match_the_scene(obj):
+    scene = world.sample_scene(random.Random(obj), object=obj, style="plain", color="red", background="black")
+    cap = scene.caption(world.PROMPT_TEMPLATES[3])
+    for word in (obj, "plain", "red", "black", scene.size):
+        assert word in cap.split()
+    img = np.asarray(world.render(scene)).astype(int)
+    from scipy import ndimage
+
+    shape = np.abs(img - np.array(world.BACKGROUNDS["black"])).sum(-1) > 60  # pixels that are not background
+    shape = ndimage.binary_fill_holes(shape)  # dark details (eyes, pips) are inside the silhouette
+    inner, outer = ndimage.binary_erosion(shape, iterations=2), ~ndimage.binary_dilation(shape, iterations=2)
+    depth = np.asarray(world.depth_map(scene))[..., 0]
+    scribble = np.asarray(world.scribble_map(scene))[..., 0] > 128
+    canny = np.asarray(world.canny_map(scene))[..., 0] > 0
+    # Depth: the shape is nearer (brighter) than the background, everywhere inside it.
+    assert depth[inner].min() > depth[outer].max()
+    # Canny and scribble lie on or next to the silhouette's boundary, white on black.
+    ys, xs = np.nonzero(shape)
+    box = (ys.min() - 3, ys.max() + 3, xs.min() - 3, xs.max() + 3)
+    for m in (canny, scribble):
+        yy, xx = np.nonzero(m)
+        assert len(yy) > 20
+        assert yy.min() >= box[0] and yy.max() <= box[1] and xx.min() >= box[2] and xx.max() <= box[3]
+
+
+def test_targets_differ_from_anchors_only_by_details():
+    for target, anchor in world.OBJECT_TARGETS.items():
+        s = world.sample_scene(random.Random(0), object=target, style="plain")
+        t = world.render(s)
+        a = world.render(world.Scene(**{**s.__dict__, "object": anchor}))
+        diff = np.abs(np.asarray(t).astype(int) - np.asarray(a).astype(int)).sum(-1) > 30
+        assert 0.01 < diff.mean() < 0.15, target  # some ink, not a different shape
+
+
+def test_tokenizer_knows_every_world_word(tmp_path):
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(write_tokenizer(tmp_path / "tok"))
+    check_tokenizer(tok)  # raises if a word is not one known token
+    assert tok.eos_token_id == len(tok) - 1  # CLIPTextModel pools at the argmax id
+    ids = tok("a large red smiley in striped style on a grey background", padding=False).input_ids
+    assert len(ids) == 13 and tok.unk_token_id not in ids[1:-1]  # 11 words, one token each, + BOS/EOS
+    # Unknown words fall back to characters, never to the end-of-text id.
+    assert tok.eos_token_id not in tok("zebra", add_special_tokens=False).input_ids
+
+
+def test_smoke_training_of_every_trainer(tmp_path):
+    """A few steps of each trainer, chained as in the real run (VAE → base → CLIP, ablations, ControlNet)."""
+    from diffusers import ControlNetModel, StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from tad_demo import TaskVector
+    from tad_demo.toyworld import train_ablations, train_base, train_clip, train_controlnet, train_vae
+
+    train_vae.main(["--smoke", "--out", str(tmp_path / "vae")])
+    train_base.main(["--smoke", "--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "base")])
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "base")
+    assert pipe.vae_scale_factor == 4
+    train_clip.main(["--smoke", "--out", str(tmp_path / "clip")])
+    assert (tmp_path / "clip" / "open_clip_config.json").is_file()
+    train_ablations.main(["--smoke", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "abl"),
+                          "--concepts", "smiley"])
+    weights = load_file(tmp_path / "abl" / "smiley.safetensors")
+    assert weights and all("attn2.to_k" in k or "attn2.to_v" in k for k in weights)
+    tv = TaskVector.from_pair(tmp_path / "base", tmp_path / "abl" / "smiley.safetensors")
+    assert len(tv) == len(weights)
+    train_controlnet.main(["--smoke", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "cn"),
+                           "--kinds", "scribble"])
+    ControlNetModel.from_pretrained(tmp_path / "cn" / "scribble")

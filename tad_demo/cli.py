@@ -5,6 +5,7 @@ Commands (contract ★2):
   inspect  norms, sparsity and the cosine matrix of task vectors
   merge    apply a recipe (YAML) to its base and save the edited model with its provenance
   convert  turn a pickle checkpoint (.ckpt/.bin/.pt) into safetensors, loading it with weights_only=True
+  grid     concept grid (object × style × control) → grid.png, metrics.csv, recipe.yaml, images/
 """
 
 from __future__ import annotations
@@ -71,7 +72,58 @@ def cmd_convert(args: argparse.Namespace) -> dict:
     return {"out": str(out)}
 
 
+def cmd_grid(args: argparse.Namespace) -> dict:
+    """Run a grid config (or the toy world's default 3×3 example) and write the output folder."""
+    from .control import ControlError
+    from .grid import Cancelled, GridError, default_assets, run_grid, save, toy_control, toy_world_spec
+    from .metrics import ClipUnavailable
+
+    assets = Path(args.assets) if args.assets else default_assets()
+    try:
+        # 1. the spec: a config file, else the toy world's default example
+        if args.config:
+            from .grid import GridSpec
+
+            spec = GridSpec.load(args.config)
+        else:
+            spec = toy_world_spec(assets)
+        # 2. command-line overrides: extra control layers (toy world examples), seeds, steps
+        if args.control:
+            have = {c.kind for c in spec.controls}
+            extra = [k for k in dict.fromkeys(args.control) if k not in have]
+            example = spec.object.name if spec.object else "smiley"
+            spec.controls = [*spec.controls, *(toy_control(k, assets, example=example, size=spec.width)
+                                               for k in extra)]
+        if args.seeds:
+            spec.seeds = list(args.seeds)
+        if args.steps:
+            spec.steps = args.steps
+        spec.validate()
+
+        # 3. run and save, reporting stages on stderr with -v
+        def progress(stage: str, i: int, n: int) -> None:
+            log.info("%s (%d/%d)", stage, i, n)
+
+        result = run_grid(spec, progress=progress)
+        files = save(result, args.out)
+    except (GridError, ControlError, ClipUnavailable, Cancelled) as e:
+        raise SystemExit(f"error: {e}") from None
+    return {"out": str(args.out), "grids": {k: str(v) for k, v in files.items() if k.startswith("grid")},
+            "metrics": str(files["metrics"]), "recipe": str(files["recipe"]), "images": len(files["images"]),
+            "summary": result.summary(), "timings": result.timings}
+
+
 def _print_human(command: str, result: dict) -> None:
+    if command == "grid":
+        rows = [[r["control"], _lam(r["object_lambda"]), _lam(r["style_lambda"]), r["seeds"],
+                 *(("-" if r[m] is None else r[m]) for m in ("clip_score_object", "clip_accuracy_object",
+                                                              "clip_score_style", "clip_accuracy_style"))]
+                for r in result["summary"]]
+        print(_table(["control", "object λ", "style λ", "seeds", "score obj", "acc obj", "score sty", "acc sty"],
+                     rows))
+        print(f"\nwrote {result['out']}: grid.png, metrics.csv, recipe.yaml, images/ ({result['images']} images) "
+              f"in {result['timings']['total']:.1f} s")
+        return
     if command == "inspect":
         rows = [[n, s["tensors"], s["params"], s["norm"], s["sparsity"]] for n, s in result["vectors"].items()]
         print(_table(["vector", "tensors", "params", "norm", "sparsity"], rows))
@@ -80,6 +132,10 @@ def _print_human(command: str, result: dict) -> None:
         print(_table(["", *names], [[n, *row] for n, row in zip(names, m)]))
     else:
         print(_table(["field", "value"], [[k, v] for k, v in result.items()]))
+
+
+def _lam(x: float | None) -> str:
+    return "-" if x is None else f"{x:+g}" if x else "0"
 
 
 # --- parser ---------------------------------------------------------------------------------------------
@@ -125,6 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing destination (never the source)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("grid", help="concept grid → output folder",
+                       description="Generate the object × style concept grid (rows: object λ, columns: style λ; "
+                       "λ=+1 ablates, 0 is the base, −1 enhances), one grid per control, with CLIP score/accuracy "
+                       "per cell. Without --config it runs the toy world's default 3×3 example. Writes "
+                       "DIR/grid.png (grid_<control>.png per control when there are several), DIR/metrics.csv, "
+                       "DIR/recipe.yaml (reproduces the run: pass it back as --config) and DIR/images/*.png "
+                       "(each with its recipe in PNG text chunks).")
+    p.add_argument("--config", help="grid YAML (as written to recipe.yaml); default: the toy world example")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--control", action="append", choices=["canny", "depth", "scribble"],
+                   help="add a control layer with the toy world's ControlNet and example condition (repeatable)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (every cell uses all of them); default 42")
+    p.add_argument("--steps", type=int, help="denoising steps (default from the config / world.json)")
+    p.add_argument("--assets", help="toy world assets folder (default assets/toyworld)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_grid)
     return ap
 
 

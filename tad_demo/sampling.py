@@ -21,7 +21,7 @@ def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torc
     c = pipe.unet.config.in_channels
     shape = (1, c, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     return torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float32)
-                      for s in seeds]).to(pipe.unet.dtype)
+                      for s in seeds]).to(device=pipe.unet.device, dtype=pipe.unet.dtype)
 
 
 class PromptCache:
@@ -37,7 +37,7 @@ class PromptCache:
         if todo:
             tok = self.pipe.tokenizer(todo, padding="max_length", max_length=self.pipe.tokenizer.model_max_length,
                                       truncation=True, return_tensors="pt")
-            emb = self.pipe.text_encoder(tok.input_ids)[0]
+            emb = self.pipe.text_encoder(tok.input_ids.to(self.pipe.text_encoder.device))[0]
             self._cache.update(zip(todo, emb))
         return torch.stack([self._cache[p] for p in prompts])
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,3 +93,43 @@ def test_smoke_training_of_every_trainer(tmp_path):
     train_controlnet.main(["--smoke", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "cn"),
                            "--kinds", "scribble"])
     ControlNetModel.from_pretrained(tmp_path / "cn" / "scribble")
+
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "toyworld"
+
+
+def test_assets_load_offline_with_plain_libraries():
+    """★3: the shipped models load with plain diffusers / open_clip, no project code."""
+    import open_clip
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(ASSETS / "base")
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{ASSETS / 'clip'}")
+    tok = open_clip.get_tokenizer(f"local-dir:{ASSETS / 'clip'}")
+    assert model.encode_text(tok(["A photo depicts smiley"])).shape[-1] == 64
+    meta = json.loads((ASSETS / "world.json").read_text())
+    assert meta["concepts"] and all((ASSETS / c["checkpoint"]).is_file() for c in meta["concepts"])
+
+
+def test_quick_evaluation_directions():
+    """A few images of the evaluation: ablation lowers the target's accuracy, enhancement raises its CLIP
+    score, and a random vector with the same per-tensor norms moves accuracy less than the ablation."""
+    from diffusers import StableDiffusionPipeline
+
+    from tad_demo import TaskVector
+    from tad_demo.diagnostics import random_like
+    from tad_demo.metrics import ClipScorer
+    from tad_demo.toyworld.evaluate import QUICK, Evaluator
+
+    pipe = StableDiffusionPipeline.from_pretrained(ASSETS / "base")
+    pipe.set_progress_bar_config(disable=True)
+    ev = Evaluator(pipe, ClipScorer.load(ASSETS / "clip"), QUICK)
+    tv = TaskVector.from_pair(ASSETS / "base", ASSETS / "ablations" / "smiley.safetensors")
+    base = ev.target_metrics("smiley", [])
+    ablated = ev.target_metrics("smiley", [(tv, 1.0)])
+    enhanced = ev.target_metrics("smiley", [(tv, -1.0)])
+    rand = ev.target_metrics("smiley", [(random_like(tv, seed=0), 1.0)])
+    assert ablated["accuracy"] < base["accuracy"]
+    assert enhanced["score"] > base["score"]
+    assert abs(rand["accuracy"] - base["accuracy"]) < abs(ablated["accuracy"] - base["accuracy"])

@@ -110,9 +110,11 @@ def main(argv: list[str] | None = None) -> None:
         save_file(weights, str(out / f"{concept}.safetensors"), metadata=meta)
         log.info("saved %s (%d tensors)", out / f"{concept}.safetensors", len(weights))
 
-    # 4. the world's manifest (★3) points at the checkpoints
+    # 4. the world's manifest (★3) points at the checkpoints that exist (earlier runs' included)
     if not args.smoke:
-        (out.parent / "world.json").write_text(json.dumps(world.manifest(out.name), indent=2))
+        manifest = world.manifest(out.name)
+        manifest["concepts"] = [c for c in manifest["concepts"] if (out.parent / c["checkpoint"]).is_file()]
+        (out.parent / "world.json").write_text(json.dumps(manifest, indent=2))
 
 
 if __name__ == "__main__":

@@ -126,7 +126,8 @@ class Handlers:
         return (gr.update(choices=c["object_choices"] + mine, value=d["object"]),
                 gr.update(choices=c["style_choices"] + mine, value=d["style"]),
                 *(gr.update(choices=c["extra_choices"] + mine, value="") for _ in range(3)),
-                gr.update(choices=c["available_controls"], value=["none"]),
+                gr.update(choices=[("none (plain)" if k == "none" else k, k) for k in c["available_controls"]],
+                          value=["none"]),
                 gr.update(choices=c["controlnet_versions"], value=c["controlnet_versions"][0], visible=not toy),
                 d["steps"], d["guidance"], d["height"], d["width"], d["template"])
 

@@ -26,7 +26,7 @@ def precompute(assets: Path, only: list[str] | None = None) -> list[Path]:
     from ..service import Service
     from ..settings import Settings
 
-    settings = Settings.from_env({"TAD_ASSETS": str(assets), "TAD_CATALOG": "-"})
+    settings = Settings.from_env({"TAD_ASSETS": str(assets)})
     service = Service(settings)
     rows = [r for r in service.example_rows() if not only or r["name"] in only]
     if not rows:

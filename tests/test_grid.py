@@ -6,14 +6,14 @@ import gc
 import hashlib
 import json
 import math
-import shutil
 import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_pipeline, perturbed, tiny_controlnet
+from app_world import STEPS, build_tiny_world
+from conftest import build_tiny_pipeline, perturbed
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -37,7 +37,6 @@ from tad_demo.toyworld import world
 TOY = Path("assets/toyworld")
 TOY_READY = all((TOY / p).exists() for p in ("world.json", "base/model_index.json", "clip/open_clip_config.json",
                                              "ablations/smiley.safetensors", "ablations/striped.safetensors"))
-STEPS = 2
 SEEDS = [3, 5]
 
 
@@ -50,56 +49,11 @@ def one_thread():
     torch.set_num_threads(prev)
 
 
-# --- a tiny world on disk: the ★3 layout with tiny components ------------------------------------------------
-
-def _tiny_clip(out: Path) -> None:
-    import open_clip
-    from transformers import CLIPTokenizer
-
-    from tad_demo.toyworld.tokenizer import write_tokenizer
-    from tad_demo.toyworld.train_clip import save_clip
-
-    tok_dir = write_tokenizer(out.parent / "clip_tok")
-    cfg = {"embed_dim": 16, "quick_gelu": True,
-           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-           "text_cfg": {"context_length": 24, "vocab_size": len(CLIPTokenizer.from_pretrained(tok_dir)), "width": 32,
-                        "heads": 2, "layers": 1, "hf_tokenizer_name": "toyworld-tokenizer"}}
-    torch.manual_seed(0)
-    model = open_clip.CLIP(**{**cfg, "text_cfg": {k: v for k, v in cfg["text_cfg"].items()
-                                                  if k != "hf_tokenizer_name"}})
-    save_clip(model.eval(), out, tok_dir, cfg)
-
-
-def _live_controlnet(out: Path, seed: int = 0) -> Path:
-    """A tiny ControlNet whose zero-initialised output convs are re-initialised, so the condition matters."""
-    net = tiny_controlnet(seed)
-    g = torch.Generator().manual_seed(seed + 100)
-    with torch.no_grad():
-        convs = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
-        for conv in convs:
-            conv.weight.copy_(0.3 * torch.randn(conv.weight.shape, generator=g))
-            conv.bias.copy_(0.1 * torch.randn(conv.bias.shape, generator=g))
-    net.save_pretrained(out)
-    return out
-
+# --- a tiny world on disk: the ★3 layout with tiny components (shared with the app tests) ---------------------
 
 @pytest.fixture(scope="module")
-def tiny_world(tiny_pipeline_dir: Path, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny_world")
-    shutil.copytree(tiny_pipeline_dir, root / "base")
-    unet = load_file(str(root / "base" / "unet" / "diffusion_pytorch_model.safetensors"))
-    kv = [k for k in unet if "attn2.to_k" in k or "attn2.to_v" in k]
-    (root / "ablations").mkdir()
-    for name, seed in (("smiley", 1), ("striped", 2)):
-        ft = perturbed(unet, kv, seed=seed, scale=0.5)
-        save_file({k: ft[k].contiguous() for k in kv}, str(root / "ablations" / f"{name}.safetensors"))
-    _tiny_clip(root / "clip")
-    _live_controlnet(root / "controlnet" / "canny")
-    manifest = world.manifest()
-    manifest["concepts"] = [c for c in manifest["concepts"] if c["name"] in ("smiley", "striped")]
-    manifest["defaults"] = {"num_inference_steps": STEPS, "guidance_scale": 5.0, "height": 32, "width": 32}
-    (root / "world.json").write_text(json.dumps(manifest))
-    return root
+def tiny_world(tmp_path_factory) -> Path:
+    return build_tiny_world(tmp_path_factory.mktemp("tiny_world") / "world")
 
 
 @pytest.fixture(scope="module")

@@ -130,6 +130,71 @@ def prompt_following(ev: Evaluator, n: int) -> dict[str, float]:
             "all three": float(ok.all(1).mean())}
 
 
+def foreground(img: Image.Image, threshold: float = 48.0) -> np.ndarray:
+    """Pixels whose colour is far from the image's border colour (the scene's background), as a bool mask."""
+    a = np.asarray(img.convert("RGB"), np.float32)
+    border = np.concatenate([a[:2].reshape(-1, 3), a[-2:].reshape(-1, 3), a[:, :2].reshape(-1, 3),
+                             a[:, -2:].reshape(-1, 3)])
+    return np.linalg.norm(a - np.median(border, 0), axis=-1) > threshold
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def edge_f1(pred: np.ndarray, ref: np.ndarray, tolerance: int = 1) -> float:
+    """F1 of edge pixels, a pixel counting as matched within ``tolerance`` px (the usual BSDS-style slack)."""
+    import cv2
+
+    k = np.ones((2 * tolerance + 1,) * 2, np.uint8)
+    near_ref = cv2.dilate(ref.astype(np.uint8), k) > 0
+    near_pred = cv2.dilate(pred.astype(np.uint8), k) > 0
+    precision = (pred & near_ref).sum() / max(pred.sum(), 1)
+    recall = (ref & near_pred).sum() / max(ref.sum(), 1)
+    return float(2 * precision * recall / max(precision + recall, 1e-9))
+
+
+def control_agreement(ev: Evaluator, root: Path, n: int) -> dict[str, dict]:
+    """(h) For each shipped ControlNet: how well generated images follow the condition, vs the same prompts and
+    seeds without it. Measures: silhouette IoU (foreground of the image vs the scene's shape) for every kind, and
+    for canny also the edge F1 of ``cv2.Canny`` on the generated image vs the input edge map (1 px tolerance)."""
+    import cv2
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    rng = random.Random(SEED + 7)
+    scenes = [world.sample_scene(rng) for _ in range(n)]
+    prompts = [s.caption(world.PROMPT_TEMPLATES[3]) for s in scenes]
+    seeds = [SEED + i for i in range(n)]
+    masks = [np.asarray(world._shape_mask(s, 64)) > 127 for s in scenes]
+    plain = sample(ev.pipe, prompts, seeds, steps=STEPS, guidance=GUIDANCE, prompt_cache=ev.cache)
+    out: dict[str, dict] = {}
+    for kind in ("canny", "depth", "scribble"):
+        folder = root / "controlnet" / kind
+        if not folder.exists():
+            log.warning("h. no ControlNet at %s; skipped", folder)
+            continue
+        net = ControlNetModel.from_pretrained(folder, torch_dtype=torch.float32)
+        cn = StableDiffusionControlNetPipeline(**ev.pipe.components, controlnet=net, requires_safety_checker=False)
+        cn.set_progress_bar_config(disable=True)
+        conds = [world.condition(kind, s) for s in scenes]
+        ims = sample(cn, prompts, seeds, steps=STEPS, guidance=GUIDANCE, prompt_cache=ev.cache, image=conds)
+        res = {"measure": "silhouette IoU",
+               "with": float(np.mean([iou(foreground(i), m) for i, m in zip(ims, masks)])),
+               "without": float(np.mean([iou(foreground(i), m) for i, m in zip(plain, masks)]))}
+        out[kind] = res
+        if kind == "canny":
+            def f1(img: Image.Image, cond: Image.Image) -> float:
+                pred = cv2.Canny(np.asarray(img.convert("L")), 50, 120) > 0
+                return edge_f1(pred, np.asarray(cond.convert("L")) > 127)
+
+            out["canny edges"] = {"measure": "edge F1 (1 px)",
+                                  "with": float(np.mean([f1(i, c) for i, c in zip(ims, conds)])),
+                                  "without": float(np.mean([f1(i, c) for i, c in zip(plain, conds)]))}
+        log.info("h. %s: %s", kind, res)
+    return out
+
+
 def max_change(probe: dict[str, float], base_probe: dict[str, float]) -> tuple[float, str]:
     diffs = {k: abs(probe[k] - base_probe[k]) for k in probe}
     worst = max(diffs, key=diffs.get)
@@ -182,6 +247,10 @@ def run(args: argparse.Namespace) -> dict:
     log.info("g. gradual ablation")
     res["gradual"] = {t: [ev.target_metrics(t, [(vectors[t], lam)])["accuracy"] for lam in LAMBDAS_GRADUAL]
                       for t in (targets if args.gradual_all else [obj_t, sty_t])}
+    log.info("h. ControlNets")
+    control = control_agreement(ev, root, sizes.control)
+    if control:
+        res["control"] = control
     res["seconds"] = time.time() - t0
     return res
 

@@ -23,10 +23,12 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -99,7 +101,7 @@ def ablate(
         n = len(b.target_prompts)
         x0 = b.latents
         noise = torch.randn_like(x0)
-        t = torch.randint(0, n_train, (n,))
+        t = torch.randint(0, n_train, (n,), device=x0.device)  # CPU: the same draws as without device=
         xt = noise_scheduler.add_noise(x0, noise, t)
         with torch.no_grad():
             teacher = base(xt, t, cond[n:2 * n]).sample
@@ -108,7 +110,7 @@ def ablate(
         if b.keep_prompts and keep_weight > 0:
             k = len(b.keep_prompts)
             xk0 = b.keep_latents
-            tk = torch.randint(0, n_train, (k,))
+            tk = torch.randint(0, n_train, (k,), device=xk0.device)
             xkt = noise_scheduler.add_noise(xk0, torch.randn_like(xk0), tk)
             ck = cond[2 * n:]
             with torch.no_grad():
@@ -123,3 +125,49 @@ def ablate(
                      time.time() - t0)
     state = model.state_dict()
     return {n: state[n].detach().clone().contiguous() for n in sorted(names)}
+
+
+# --- shared by the toy trainer (toyworld/train_ablations.py) and `python -m tad_demo ablate` -------------------
+
+def prompt_encoder(pipe) -> Callable[[list[str]], torch.Tensor]:
+    """Prompts → the frozen text encoder's hidden states (what the UNet's cross-attention reads)."""
+    def encode(prompts: list[str]) -> torch.Tensor:
+        ids = pipe.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
+        return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
+
+    return encode
+
+
+def paired_batches(latents: torch.Tensor, target_prompts: list[str], anchor_prompts: list[str], batch: int,
+                   seed: int = 0, keep_latents: torch.Tensor | None = None,
+                   keep_prompts: list[str] | None = None) -> Callable[[int], AblationBatch]:
+    """A ``next_batch(step)`` drawing ``batch`` fixed (anchor latent, target prompt, anchor prompt) triples per
+    step, plus as many (latent, prompt) preservation pairs when ``keep_*`` are given (seeded, reproducible)."""
+    if not (len(latents) == len(target_prompts) == len(anchor_prompts)) or not len(latents):
+        raise ValueError(f"paired_batches: {len(latents)} latents, {len(target_prompts)} target and "
+                         f"{len(anchor_prompts)} anchor prompts; give the same non-zero number of each")
+    g = torch.Generator().manual_seed(seed)
+
+    def next_batch(step: int) -> AblationBatch:
+        idx = torch.randint(0, len(latents), (batch,), generator=g).tolist()
+        b = AblationBatch(latents=latents[idx], target_prompts=[target_prompts[i] for i in idx],
+                          anchor_prompts=[anchor_prompts[i] for i in idx])
+        if keep_prompts:
+            kidx = torch.randint(0, len(keep_prompts), (batch,), generator=g).tolist()
+            b.keep_latents, b.keep_prompts = keep_latents[kidx], [keep_prompts[i] for i in kidx]
+        return b
+
+    return next_batch
+
+
+def save_weights(weights: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, object]) -> None:
+    """Write the fine-tuned weights (bare diffusers UNet names, fp32, CPU) with string metadata; atomic: a crash
+    never leaves a half-written checkpoint under the final name."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in weights.items()}, str(tmp),
+              metadata={k: str(v) for k, v in metadata.items()})
+    os.replace(tmp, path)

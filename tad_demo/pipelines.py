@@ -12,8 +12,12 @@ from .recipe import Recipe, metadata_for
 log = logging.getLogger(__name__)
 
 
-def load_pipeline(base: str | Path, controlnet: str | Path | list | None = None, dtype: torch.dtype = torch.float32):
+def load_pipeline(base: str | Path, controlnet: str | Path | list | None = None, dtype: torch.dtype = torch.float32,
+                  use_safetensors: bool | None = None):
     """A StableDiffusionPipeline (or its ControlNet variant) from a folder, a single file or a Hub id.
+
+    ``use_safetensors``: None is diffusers' default (safetensors preferred, pickle weights as a fallback); True
+    reads safetensors only (the hosted app: no pickle from the Hub is ever unpickled) and fails if there are none.
 
     1. base: a diffusers folder / Hub id via ``from_pretrained``; a ``.safetensors``/``.ckpt`` via
        ``from_single_file`` (diffusers' own converters);
@@ -23,14 +27,18 @@ def load_pipeline(base: str | Path, controlnet: str | Path | list | None = None,
 
     base_s = str(base)
     if Path(base_s).suffix in (".safetensors", ".ckpt"):
+        if use_safetensors and Path(base_s).suffix != ".safetensors":
+            raise ValueError(f"{base_s}: a pickle checkpoint; only .safetensors weights are read here "
+                             "(convert it with `python -m tad_demo convert`)")
         pipe = StableDiffusionPipeline.from_single_file(base_s, torch_dtype=dtype)
     else:
         pipe = StableDiffusionPipeline.from_pretrained(base_s, torch_dtype=dtype, safety_checker=None,
-                                                       requires_safety_checker=False)
+                                                       requires_safety_checker=False, use_safetensors=use_safetensors)
     if controlnet is None:
         return pipe
     refs = controlnet if isinstance(controlnet, list) else [controlnet]
-    nets = [ControlNetModel.from_pretrained(str(r), torch_dtype=dtype) for r in refs]
+    nets = [ControlNetModel.from_pretrained(str(r), torch_dtype=dtype, use_safetensors=use_safetensors)
+            for r in refs]
     return StableDiffusionControlNetPipeline(**pipe.components, controlnet=nets[0] if len(nets) == 1 else nets)
 
 

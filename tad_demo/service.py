@@ -12,7 +12,7 @@ Rules this layer enforces (an API client can bypass every widget):
   when hosted;
 * library errors (GridError, ControlError, TaskVectorError, ClipUnavailable, ...) become ``gr.Error`` with the
   library's message; anything unexpected is logged and reported in one line, and the app keeps serving;
-* one :class:`~tad_demo.grid.Models` cache per process (``run_grid`` holds its lock); nothing per user is kept
+* one :class:`~tad_demo.models.Models` cache per process (``run_grid`` holds its lock); nothing per user is kept
   here except the cancel flag of a running request, removed when it ends.
 """
 
@@ -39,14 +39,14 @@ from typing import Any
 import gradio as gr
 import yaml
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from .catalog import TOY, BaseEntry, Catalog, ConceptEntry, World, example_ok, slots
 from .control import CONTROL_KINDS, RESIZE_MODES, ControlError, make_condition
-from .grid import Cancelled, ConceptSpec, ControlSpec, ExtraVector, GridError, GridSpec, Models, run_grid, save
+from .grid import Cancelled, ConceptSpec, ControlSpec, ExtraVector, GridError, GridSpec, run_grid, save
 from .merge_methods import describe as describe_merge_methods
 from .merge_methods import get_method
 from .metrics import FORMULA, SCORE_SCALE, ClipUnavailable
+from .models import ModelError, Models
 from .recipe import RecipeError, sha256_path
 from .settings import Settings
 from .task_vector import TaskVectorError
@@ -76,7 +76,7 @@ def refuse(message: str) -> gr.Error:
     return gr.Error(message.strip().splitlines()[0][:500], title="Cannot run this")
 
 
-LIBRARY_ERRORS = (GridError, ControlError, TaskVectorError, ClipUnavailable, RecipeError, FileNotFoundError)
+LIBRARY_ERRORS = (GridError, ModelError, ControlError, TaskVectorError, ClipUnavailable, RecipeError, FileNotFoundError)
 
 
 @contextlib.contextmanager
@@ -153,7 +153,8 @@ class Service:
         self.settings = settings
         self.catalog = Catalog.load(settings.catalog)
         self.world = World.load(settings.assets)
-        self.models = models or Models(device=settings.device)
+        # Hosted: Hub weights are read from safetensors only (a pickle can run code when unpickled).
+        self.models = models or Models(device=settings.device, use_safetensors=True if settings.hosted else None)
         self.runs_dir = settings.work_dir / "runs"
         self.example_cache = settings.work_dir / "examples"
         self.precomputed_dir = settings.assets / "examples" / "precomputed"
@@ -690,16 +691,8 @@ class Service:
         if progress:
             progress("saving", 0, 1)
         out = out_dir or self._new_run_dir()
-        save(result, out)
-        recipe = (out / "recipe.yaml").read_text()
-        for kind, im in result.grids.items():
-            info = PngInfo()
-            info.add_text("tad_grid", recipe)  # the whole run's recipe travels with the picture
-            info.add_text("tad_request", json.dumps(normalized, sort_keys=True))
-            target = out / (f"grid_{kind}.png" if len(result.grids) > 1 else "grid.png")
-            im.save(target, pnginfo=info)
-            if len(result.grids) > 1 and kind == next(iter(result.grids)):
-                im.save(out / "grid.png", pnginfo=info)
+        # The grid PNGs carry the run's recipe (tad_grid, written by save) and the request that made it.
+        save(result, out, grid_text={"tad_request": json.dumps(normalized, sort_keys=True)})
         (out / "request.json").write_text(json.dumps({"key": request_key(normalized), "request": normalized,
                                                       "timings": result.timings}, indent=1, default=str))
         with zipfile.ZipFile(out / "cells.zip", "w", zipfile.ZIP_DEFLATED) as z:

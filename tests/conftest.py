@@ -71,6 +71,16 @@ def build_tiny_pipeline(out: Path, seed: int = 0) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny
+    models are op-overhead bound, and one thread avoids OpenMP barriers on a shared 2-core machine."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory) -> Path:
     """A tiny SD pipeline on disk (diffusers layout)."""

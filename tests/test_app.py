@@ -13,7 +13,6 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-import torch
 import yaml
 from app_world import build_tiny_world, free_port
 from PIL import Image
@@ -25,13 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300  # s per API call: generous, the CI machine may be busy
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models are op-overhead bound: one thread avoids OpenMP barriers on a shared 2-core machine.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+# One torch thread for the whole module (the fixture lives in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +162,47 @@ def test_hosted_mode_refuses_local_paths_urls_and_pickles(hosted, tmp_path):
     assert hosted.add_model("object", None, str(safe), "snoopy", "dog")[2] == f"snoopy → dog @ {safe}"
     # the toy world itself still runs when hosted
     assert hosted.build(GridRequest())[0].base == str(hosted.world.base)
+
+
+def test_hosted_mode_loads_weights_from_safetensors_only(hosted, world_dir, tmp_path, monkeypatch):
+    """Settings (SPACE_ID) → Service → Models → diffusers: use_safetensors=True on every Hub load (no network:
+    from_pretrained is wrapped; Hub ids fail like offline, local folders load for real)."""
+    from diffusers import ControlNetModel, StableDiffusionPipeline
+
+    from tad_demo.models import ModelError
+
+    seen: list[tuple[str, str, object]] = []
+
+    def wrap(what: str, real):
+        def fake(cls, ref, *args, **kwargs):
+            seen.append((what, str(ref), kwargs.get("use_safetensors", "not passed")))
+            if not Path(str(ref)).exists():
+                raise OSError(f"{ref} is not on this offline machine")
+            return real(ref, *args, **kwargs)
+        return classmethod(fake)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained",
+                        wrap("base", StableDiffusionPipeline.from_pretrained))
+    monkeypatch.setattr(ControlNetModel, "from_pretrained", wrap("controlnet", ControlNetModel.from_pretrained))
+    local = Service(_settings(world_dir, tmp_path / "local"))
+    assert hosted.models.use_safetensors is True and local.models.use_safetensors is None
+    try:
+        for service in (hosted, local):
+            with pytest.raises(ModelError, match="offline machine"):
+                service.models.load_base("CompVis/stable-diffusion-v1-4")
+            service.models.load_base(str(world_dir / "base"))  # the toy world's safetensors load as they are
+            with pytest.raises(ModelError, match="offline machine"):
+                service.models.controlnet_pipe("lllyasviel/control_v11p_sd15_canny")
+        assert seen == [("base", "CompVis/stable-diffusion-v1-4", True), ("base", str(world_dir / "base"), True),
+                        ("controlnet", "lllyasviel/control_v11p_sd15_canny", True),
+                        ("base", "CompVis/stable-diffusion-v1-4", None), ("base", str(world_dir / "base"), None),
+                        ("controlnet", "lllyasviel/control_v11p_sd15_canny", None)]
+        # a single-file pickle is refused before anything reads it
+        with pytest.raises(ModelError, match="pickle checkpoint"):
+            hosted.models.load_base("owner/repo/model.ckpt")
+    finally:
+        hosted.models.clear()
+        local.models.clear()
 
 
 def test_conditions_from_sketch_map_and_example_at_the_generation_size(served, tmp_path):

@@ -25,11 +25,11 @@ from tad_demo.grid import (
     ExtraVector,
     GridError,
     GridSpec,
-    Models,
     run_grid,
     save,
     toy_world_spec,
 )
+from tad_demo.models import ModelError, Models
 from tad_demo.recipe import Recipe
 from tad_demo.sampling import sample
 from tad_demo.toyworld import world
@@ -40,13 +40,8 @@ TOY_READY = all((TOY / p).exists() for p in ("world.json", "base/model_index.jso
 SEEDS = [3, 5]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny models are op-overhead bound: one thread avoids OpenMP barriers on a shared 2-core machine.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+# One torch thread for the whole module (the fixture lives in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- a tiny world on disk: the ★3 layout with tiny components (shared with the app tests) ---------------------
@@ -242,6 +237,22 @@ def test_save_writes_the_layout_and_png_chunks(tiny_run, tmp_path):
     assert np.array_equal(_arr(back.controls[1].image), _arr(result.conditions["canny"]))
 
 
+def test_grid_pngs_carry_the_runs_recipe(tiny_run, tmp_path):
+    result = tiny_run["result"]
+    save(result, tmp_path, grid_text={"tad_note": "from the test"})
+    paths = {"canny": "conditions/canny.png"}
+    for name in ("grid.png", "grid_none.png", "grid_canny.png"):
+        with Image.open(tmp_path / name) as im:
+            text = dict(im.text)
+        assert text["tad_note"] == "from the test", name
+        # the chunk alone (plus the run folder for the condition images) reproduces the spec, hashes included
+        back = GridSpec.from_yaml(text["tad_grid"], base_dir=tmp_path)
+        assert back.to_dict(image_paths=paths) == result.spec.to_dict(image_paths=paths), name
+        assert back.hashes == result.spec.hashes and back.hashes
+        assert np.array_equal(_arr(back.controls[1].image), _arr(result.conditions["canny"]))
+    assert text["tad_grid"] == (tmp_path / "recipe.yaml").read_text()
+
+
 def test_grid_image_is_labelled_and_projector_sized(tiny_run):
     result = tiny_run["result"]
     assert set(result.grids) == {"none", "canny"}
@@ -286,7 +297,7 @@ def test_models_cache_reuses_and_switches(tiny_world, models, tmp_path):
     loads, pipe = dict(models.loads), models.pipe
     run_grid(spec, models=models, hashes=False)
     assert dict(models.loads) == loads and models.pipe is pipe, "a repeated grid loads nothing"
-    with pytest.raises(GridError, match="previous model stays loaded"):
+    with pytest.raises(ModelError, match="previous model stays loaded"):
         models.load_base(str(tmp_path / "missing"))
     assert models.pipe is pipe and models.base == spec.base
     other = build_tiny_pipeline(tmp_path / "other", seed=1)

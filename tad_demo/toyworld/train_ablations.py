@@ -19,11 +19,9 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
-from safetensors.torch import save_file
 
-from ..ablation import AblationBatch, ablate
+from ..ablation import AblationBatch, ablate, prompt_encoder, save_weights
 from . import world
 from .data import ASSETS, random_caption, render_dataset
 from .train_base import SD_BETAS, encode_latents
@@ -83,9 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     pipe.vae.requires_grad_(False)
     noise_sched = DDPMScheduler(**SD_BETAS)
 
-    def encode_prompts(prompts: list[str]) -> torch.Tensor:
-        ids = pipe.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
-        return pipe.text_encoder(ids)[0]
+    encode_prompts = prompt_encoder(pipe)
 
     # Preservation data: any scene, its own caption (shared by all concepts; encoded once).
     keep_scenes, keep_images = render_dataset(n_anchor, seed=SEED + 100, cache=not args.smoke)
@@ -107,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                          keep_weight=KEEP_WEIGHT, seed=SEED)
         meta = {"concept": concept, "anchor": anchor, "kind": kind, "objective": "kumari-model-based",
                 "params": "cross_attn_kv", "steps": str(steps), "lr": str(LR), "keep_weight": str(KEEP_WEIGHT)}
-        save_file(weights, str(out / f"{concept}.safetensors"), metadata=meta)
+        save_weights(weights, out / f"{concept}.safetensors", meta)
         log.info("saved %s (%d tensors)", out / f"{concept}.safetensors", len(weights))
 
     # 4. the world's manifest (★3) points at the checkpoints that exist (earlier runs' included)

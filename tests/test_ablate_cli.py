@@ -1,0 +1,64 @@
+"""`python -m tad_demo ablate`: a made checkpoint is an ablation file the vector tools and the app consume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors import safe_open
+
+from tad_demo.cli import main
+
+
+def test_ablate_writes_a_kv_checkpoint_that_loads_as_a_vector(tiny_pipeline_dir, kv_keys, tmp_path, capsys):
+    from tad_demo import TaskVector
+    from tad_demo.models import Models
+    from tad_demo.recipe import sha256_path
+
+    out = tmp_path / "smiley.safetensors"
+    assert main(["ablate", "--base", str(tiny_pipeline_dir), "--concept", "smiley", "--anchor", "circle",
+                 "--out", str(out), "--steps", "2", "--n-anchor", "2", "--batch", "2", "--gen-steps", "2",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["device"] == "cpu" and result["tensors"] == len(kv_keys) and result["delta_norm"] > 0
+    with safe_open(str(out), "pt") as f:
+        assert sorted(f.keys()) == sorted(kv_keys)  # bare diffusers UNet names, k/v of attn2 only
+        meta = f.metadata()
+    assert meta["concept"] == "smiley" and meta["anchor"] == "circle" and meta["steps"] == "2"
+    assert meta["base_sha256"] == sha256_path(tiny_pipeline_dir)
+
+    tv = TaskVector.from_pair(tiny_pipeline_dir, out)
+    assert len(tv) == len(kv_keys) and tv.norm() > 0
+    assert all(("attn2.to_k" in k or "attn2.to_v" in k) for k in tv.keys())
+    models = Models()  # the app's loader: an "ablation" checkpoint against the live base
+    models.load_base(str(tiny_pipeline_dir))
+    live = models.vector(str(out), kind="ablation")
+    assert sorted(live.keys()) == sorted(tv.keys()) and abs(live.norm() - tv.norm()) < 1e-6 * tv.norm()
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--base", "{tmp}/nowhere", "--concept", "smiley", "--anchor", "circle"], "--base '{tmp}/nowhere' not found"),
+    (["--base", "{pipe}", "--concept", " ", "--anchor", "circle"], "--concept is empty"),
+    (["--base", "{pipe}", "--concept", "smiley", "--anchor", ""], "--anchor is empty"),
+    (["--base", "{pipe}", "--concept", "dog", "--anchor", "dog"], "both 'dog'"),
+    (["--base", "{pipe}", "--concept", "a", "--anchor", "b", "--steps", "0"], "--steps 0"),
+    (["--base", "{pipe}", "--concept", "a", "--anchor", "b", "--lr", "nan"], "--lr nan"),
+    (["--base", "{toy}/base", "--concept", "zebra", "--anchor", "circle"], "--concept 'zebra' is not a toy-world"),
+])
+def test_bad_inputs_give_one_line_errors(tiny_pipeline_dir, tmp_path, capsys, flags, needle):
+    (tmp_path / "toy" / "base").mkdir(parents=True)  # a toy-world layout: base/ next to world.json
+    (tmp_path / "toy" / "world.json").write_text("{}")
+    fill = {"tmp": str(tmp_path), "pipe": str(tiny_pipeline_dir), "toy": str(tmp_path / "toy")}
+    argv = ["ablate", *(f.format(**fill) for f in flags), "--out", str(tmp_path / "x.safetensors")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and err.count("\n") == 0 and needle.format(**fill) in err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_existing_output_needs_force(tiny_pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "x.safetensors"
+    out.write_bytes(b"keep me")
+    assert main(["ablate", "--base", str(tiny_pipeline_dir), "--concept", "a", "--anchor", "b",
+                 "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err and out.read_bytes() == b"keep me"

@@ -11,6 +11,7 @@ import logging
 import gradio as gr
 
 from tad_demo import ui
+from tad_demo.research_service import ResearchService
 from tad_demo.service import Service
 from tad_demo.settings import Settings
 
@@ -18,9 +19,10 @@ log = logging.getLogger("app")
 
 
 def build(settings: Settings) -> tuple[Service, gr.Blocks]:
-    """The service (one model cache per process) and the Blocks wired to it, with its queue."""
+    """The service (one model cache per process), the research views on the same cache, and the Blocks wired to
+    them, with its queue."""
     service = Service(settings)
-    demo = ui.create_demo(service)
+    demo = ui.create_demo(service, research=ResearchService(service))
     # One queue for every heavy event; they share concurrency_id="gpu" with a limit of 1 (see tad_demo/ui/demo.py).
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
     return service, demo

@@ -6,6 +6,14 @@ Commands (contract ★2):
   merge    apply a recipe (YAML) to its base and save the edited model with its provenance
   convert  turn a pickle checkpoint (.ckpt/.bin/.pt) into safetensors, loading it with weights_only=True
   grid     concept grid (object × style × control) → grid.png, metrics.csv, recipe.yaml, images/
+
+Research views (issue 5; each writes CSV + PNG plots into --out):
+  sweep    CLIP score/accuracy of a concept and control concepts over a λ list (TAD Table 2)
+  multi    add N vectors (N = 1 … all) with a merge method: control-concept damage vs N, random baseline
+  analyze  cosine heatmaps (global, per UNet block), norms, sparsity, sign agreement, analogies
+  adaptive adaptive vector selection at t_switch from a shared prefix; ROC AUC vs t_switch and α
+  eval     paper-sized, resumable table of concepts × λ × prompts × seeds (shards under accelerate launch)
+  ablate   make a concept-ablation checkpoint with Kumari's objective (cross-attention k/v)
 """
 
 from __future__ import annotations
@@ -77,6 +85,7 @@ def cmd_grid(args: argparse.Namespace) -> dict:
     from .control import ControlError
     from .grid import Cancelled, GridError, default_assets, run_grid, save, toy_control, toy_world_spec
     from .metrics import ClipUnavailable
+    from .models import ModelError
 
     assets = Path(args.assets) if args.assets else default_assets()
     try:
@@ -106,7 +115,7 @@ def cmd_grid(args: argparse.Namespace) -> dict:
 
         result = run_grid(spec, progress=progress)
         files = save(result, args.out)
-    except (GridError, ControlError, ClipUnavailable, Cancelled) as e:
+    except (GridError, ModelError, ControlError, ClipUnavailable, Cancelled) as e:
         raise SystemExit(f"error: {e}") from None
     return {"out": str(args.out), "grids": {k: str(v) for k, v in files.items() if k.startswith("grid")},
             "metrics": str(files["metrics"]), "recipe": str(files["recipe"]), "images": len(files["images"]),
@@ -198,7 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--assets", help="toy world assets folder (default assets/toyworld)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_grid)
+
+    # Research views register their own subcommands (each module keeps its flags next to its computation).
+    import importlib
+
+    for name in RESEARCH_MODULES:
+        importlib.import_module(f"tad_demo.research.{name}").register(sub)
     return ap
+
+
+# Modules under tad_demo/research/ with a ``register(subparsers)``; imported when the parser is built, so they
+# must not import torch at module level.
+RESEARCH_MODULES: tuple[str, ...] = ("sweep", "multi", "analyze", "batch_eval", "ablate", "adaptive")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2, default=str))
+    elif getattr(args, "human", None):
+        args.human(result)  # research commands print their own tables
     else:
         _print_human(args.command, result)
     return 0

@@ -3,8 +3,12 @@
 Left: what to run (models, λ, prompt and sampling, control, multi-concept, recipe). Right: examples, the grid(s)
 in one tab per control, the metrics table with its formula, downloads, the gallery of cells.
 
-Serving rules: the heavy events (``grid``, ``reproduce``) share ``concurrency_id="gpu"`` with a limit of 1;
-everything else is cheap and runs with ``queue=False``. API names: ``/grid``, ``/reproduce``, ``/cancel``.
+A second top-level tab, "Research" (tad_demo/ui/research.py), holds the sweep, multi-concept, analysis and
+adaptive views when ``create_demo`` gets a research service.
+
+Serving rules: the heavy events (``grid``, ``reproduce`` and the research views) share ``concurrency_id="gpu"``
+with a limit of 1; everything else is cheap and runs with ``queue=False``. API names: ``/grid``, ``/reproduce``,
+``/cancel``, ``/sweep``, ``/multi``, ``/analysis``, ``/adaptive``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 import gradio as gr
 
 from .handlers import GRID_KINDS, OUTPUTS, Handlers
+from .research import create_research
 from .theme import CSS, theme
 
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
@@ -28,8 +33,9 @@ def launch_options(settings: Any) -> dict[str, Any]:
             "allowed_paths": [str(settings.assets), str(settings.work_dir)], "footer_links": ["api", "gradio"]}
 
 
-def create_demo(service: Any) -> gr.Blocks:
-    """The app's Blocks, wired to ``service`` (a :class:`tad_demo.service.Service`)."""
+def create_demo(service: Any, research: Any = None) -> gr.Blocks:
+    """The app's Blocks, wired to ``service`` (a :class:`tad_demo.service.Service`) and, when given, a "Research"
+    tab wired to ``research`` (a :class:`tad_demo.research_service.ResearchService`)."""
     cfg = service.ui_config()
     h = Handlers(service)
     ttl = service.settings.cache_ttl
@@ -39,11 +45,16 @@ def create_demo(service: Any) -> gr.Blocks:
         gr.Markdown("# TAD Concept Grid\nTask arithmetic on diffusion models: rows edit the **object**, columns the "
                     "**style** — λ>0 ablates, 0 is the base model, λ<0 enhances. Same seed in every cell.",
                     elem_classes="tad-title")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=2, min_width=380):
-                w = _inputs(cfg, h)
-            with gr.Column(scale=5, min_width=600):
-                o = _outputs(cfg, w)
+        with gr.Tabs(selected="grid", elem_id="views"):
+            with gr.Tab("Concept grid", id="grid"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2, min_width=380):
+                        w = _inputs(cfg, h)
+                    with gr.Column(scale=5, min_width=600):
+                        o = _outputs(cfg, w)
+            if research is not None:
+                with gr.Tab("Research", id="research"):
+                    create_research(research, GPU, CHEAP)
 
         grid_outputs = [o[name] for name in OUTPUTS[:-1]] + [shown]
         tabs_out = [o[f"tab_{k}"] for k in GRID_KINDS] + [o["tabs"]]

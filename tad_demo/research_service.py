@@ -1,0 +1,423 @@
+"""The research views' service: widget values → validated arguments → ``tad_demo.research`` → files for the UI/API.
+
+    research = ResearchService(service)     # the grid service's settings, toy world and one Models cache
+    out = research.sweep("smiley", "-2, -1, 0, 0.5, 1", n_prompts=4, steps=20, progress=print)
+    out["table"], out["plot"], out["csv"], out["status"]
+
+Rules, as in :mod:`tad_demo.service` (an API client can bypass every widget):
+* every value is checked here and refused with a one-line ``gr.Error`` naming the field and the limit;
+* a run's cost is bounded before anything loads: at most ``BUDGET`` image-steps (images × denoising steps);
+* library errors (LabError, ExpressionError, ModelError, MergeError, ClipUnavailable, …) become ``gr.Error`` with
+  the library's message; anything unexpected is logged and reported in one line;
+* the research views run on the toy world of ``world.json`` (its concepts are the choices) and generate through
+  the grid service's :class:`~tad_demo.models.Models`, so the base, CLIP and vectors load once for both;
+* outputs go to bounded folders under ``<work dir>/research`` (TTL and count of the grid's run folders); the
+  only per-user state is the grid service's cancel flag of a running request (checked between stages).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from .grid import Cancelled, GridError
+from .merge_methods import METHODS
+from .metrics import ClipUnavailable
+from .models import ModelError
+from .research.lab import Lab, LabError
+from .service import Service, refuse
+from .task_vector import TaskVectorError
+
+log = logging.getLogger(__name__)
+
+MAX_LAMBDAS = 9          # λ values of one sweep
+MAX_PROMPTS = 32         # prompts (images) per concept and λ / run
+CPU_MAX_STEPS = 50       # denoising steps on a CPU (the settings' max_steps applies on a GPU)
+MAX_ALPHA = 5.0          # candidate strength of adaptive selection (the paper's largest α)
+MAX_EXPRESSION = 200     # characters of an analogy expression
+MAX_PROMPT = 300         # characters of the adaptive prompt
+BUDGET = 12_800          # image-steps per run: 640 toy-world images at 20 steps, ≈ 6 min on 2 CPU cores
+MULTI_DEFAULT_METHODS = ("linear", "ties")
+
+ProgressFn = Callable[[str, int, int], None]
+RESEARCH_ERRORS = (LabError, ModelError, TaskVectorError, GridError, ClipUnavailable, FileNotFoundError, ValueError)
+
+
+@contextlib.contextmanager
+def research_errors(what: str) -> Iterator[None]:
+    """Library errors → ``gr.Error`` with their message; anything else is logged and reported in one line."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except Cancelled as e:
+        raise gr.Error(str(e), title="Cancelled") from None
+    except RESEARCH_ERRORS as e:  # LabError and the other library errors are ValueError subclasses
+        log.info("%s refused: %s: %s", what, type(e).__name__, e)
+        raise refuse(f"{what}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the app must keep serving whatever a model library raises
+        log.exception("%s failed", what)
+        text = str(e).strip().splitlines()
+        raise gr.Error(f"{what} failed: {type(e).__name__}: {text[0] if text else ''}"[:500],
+                       title="Internal error") from None
+
+
+def _r(x: Any, nd: int = 3) -> Any:
+    """A number rounded for a table cell ('–' for NaN/None)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return round(float(x), nd) if isinstance(x, float) else x
+
+
+class ResearchService:
+    """Sweep, multi-concept, analysis and adaptive selection for the app. One instance per process."""
+
+    def __init__(self, service: Service):
+        self.service = service
+        self.settings = service.settings
+        self.world = service.world
+        self.models = service.models
+        self.out_root = self.settings.work_dir / "research"
+        cpu = str(getattr(self.models, "device", "cpu")).startswith("cpu")
+        self.max_steps = min(self.settings.max_steps, CPU_MAX_STEPS) if cpu else self.settings.max_steps
+        try:  # Hugging Face ZeroGPU: a GPU for the duration of each heavy call (see Service.__init__)
+            import spaces
+
+            for name in ("sweep", "multi", "analysis", "adaptive"):
+                setattr(self, name, spaces.GPU(duration=300)(getattr(self, name)))
+        except ImportError:
+            pass
+
+    # --- what the UI offers ------------------------------------------------------------------------------
+    def concept_names(self) -> list[str]:
+        return [c.name for c in self.world.concepts] if self.world else []
+
+    def ui_config(self) -> dict[str, Any]:
+        """Choices, defaults and limits of the research widgets, as plain data (the UI imports no library)."""
+        if self.world is None or not self.world.concepts:
+            return {"available": False, "note": f"The research views run on the toy world; none is installed at "
+                    f"{self.settings.assets} (no world.json or no ablation checkpoints). Set TAD_ASSETS."}
+        concepts = [(f"{c.name} → {c.anchor} ({c.kind})", c.name) for c in self.world.concepts]
+        objs = [c.name for c in self.world.concepts if c.kind == "object"]
+        stys = [c.name for c in self.world.concepts if c.kind == "style"]
+        obj, sty = (objs or ["circle"])[0], (stys or ["plain"])[0]
+        steps = min(self.world.defaults["steps"], self.max_steps)
+        return {
+            "available": True, "concepts": concepts, "names": self.concept_names(),
+            "methods": [(m.name, m.name) for m in METHODS.values()],
+            "limits": {"max_lambdas": MAX_LAMBDAS, "max_lambda": self.settings.max_lambda, "max_prompts": MAX_PROMPTS,
+                       "max_steps": self.max_steps, "cpu": self.max_steps < self.settings.max_steps,
+                       "max_alpha": MAX_ALPHA, "max_seeds": self.settings.max_seeds, "budget": BUDGET},
+            "defaults": {"concept": obj, "lambdas": "-2, -1, 0, 0.5, 1", "sweep_prompts": 4, "steps": steps,
+                         "multi_concepts": [*objs[:2], *stys[:1]], "methods": list(MULTI_DEFAULT_METHODS),
+                         "multi_prompts": 2, "analysis_concepts": self.concept_names(),
+                         "expression": _default_expression(objs, stys),
+                         "prompt": self.world.template.format(object=obj, style=sty), "pool": self.concept_names(),
+                         "t_switch": steps // 2, "alpha": 2.0, "top_k": min(2, len(self.world.concepts)),
+                         "seeds": "0"},
+        }
+
+    # --- the cancel flag of a session (the grid service's: one Cancel stops whatever the session runs) -------
+    def begin(self, session: str) -> Any:
+        return self.service.begin(session)
+
+    def end(self, session: str, flag: Any) -> None:
+        self.service.end(session, flag)
+
+    def cancel(self, session: str) -> bool:
+        return self.service.cancel(session)
+
+    # --- the views -----------------------------------------------------------------------------------------
+    def sweep(self, concept: Any, lambdas: Any, n_prompts: Any = 4, steps: Any = None, *,
+              progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """CLIP score/accuracy of a concept, its anchor and controls over a λ list (research/sweep.py)."""
+        from .research.sweep import default_controls, run_sweep
+
+        t0 = time.time()
+        concept = self._concept(concept, "concept")
+        lams = self._lambda_list(lambdas)
+        n = Service._int(n_prompts, "prompts", 1, MAX_PROMPTS)
+        lab = self._lab(steps)
+        with research_errors("sweep"):
+            anchor = lab.anchor_of(concept)
+            roles = list(dict.fromkeys([concept, *([anchor] if anchor else []), *default_controls(lab, concept)]))
+            self._budget("sweep", len(lams) * len(roles) * n, lab.steps,
+                         f"{len(lams)} λ × {len(roles)} concepts × {n} prompts")
+            report = self._reporter(progress, cancel, "loading the model")
+            result = run_sweep(lab, concept, lams, n_prompts=n, progress=report)
+            report("saving", 0, 1)
+            files = result.save(self._new_dir("sweep"))
+        acc_h, acc = result.table("clip_accuracy")
+        _, score = result.table("clip_score")
+        headers = ["λ", *(f"acc {h}" for h in acc_h[1:]), *(f"score {h}" for h in acc_h[1:])]
+        data = [[a[0], *(_r(x) for x in a[1:]), *(_r(x) for x in s[1:])] for a, s in zip(acc, score)]
+        status = (f"**Sweep of τ({concept})**: {len(lams)} λ × {len(roles)} concepts × {n} prompts = "
+                  f"{len(lams) * len(roles) * n} images, {lab.steps} steps, in {time.time() - t0:.1f} s. "
+                  f"λ>0 ablates, 0 is the base, λ<0 enhances; * = target.  \n{result.accuracy_note()}")
+        return {"table": {"headers": headers, "data": data}, "plot": str(files["plot"]), "csv": str(files["csv"]),
+                "status": status}
+
+    def multi(self, concepts: Any, methods: Any = MULTI_DEFAULT_METHODS, n_prompts: Any = 2, steps: Any = None, *,
+              progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Ablate the first N concepts at once (N = 1 … all) per merge method; target vs control accuracy."""
+        from .research.multi import default_controls, run_multi
+
+        t0 = time.time()
+        names = self._concepts(concepts, "concepts")
+        methods = self._methods(methods)
+        n = Service._int(n_prompts, "prompts", 1, MAX_PROMPTS)
+        lab = self._lab(steps)
+        with research_errors("multi-concept"):
+            k, c = len(names), len(default_controls(lab, names))
+            # base (all targets + controls), each method and the random baseline at N = 1 … K
+            images = n * ((k + c) + (len(methods) + 1) * sum(m + c for m in range(1, k + 1)))
+            self._budget("multi-concept", images, lab.steps,
+                         f"{k} concepts × {len(methods)} methods (+ base and random) × {n} prompts")
+            report = self._reporter(progress, cancel, "loading the model")
+            result = run_multi(lab, names, methods=methods, n_prompts=n, progress=report)
+            report("saving", 0, 1)
+            files = result.save(self._new_dir("multi"))
+        headers = ["method", "N", "ablated", "target acc ↓", "control acc ↑", "target score", "control score",
+                   "‖merged τ‖"]
+        data = [[r["method"], r["n"], r["ablated"] or "(none)", _r(r["target_accuracy"]),
+                 _r(r["control_accuracy"]), _r(r["target_score"]), _r(r["control_score"]),
+                 _r(r["merged_norm"], 4)] for r in result.rows]
+        status = (f"**Multi-concept ablation** {' → '.join(names)}: {len(result.rows)} runs, {images} images, "
+                  f"{lab.steps} steps, in {time.time() - t0:.1f} s. Controls (never ablated): "
+                  f"{', '.join(result.controls)}.  \ntarget acc: mean over the ablated concepts of P(score concept > "
+                  "score anchor), lower = erased; control acc: zero-shot accuracy of the controls, higher = unharmed; "
+                  "random: random vectors with the same per-tensor norms, added linearly.")
+        return {"table": {"headers": headers, "data": data}, "control_vs_n": str(files["control_vs_n"]),
+                "tradeoff": str(files["tradeoff"]), "csv": str(files["csv"]), "detail": str(files["detail"]),
+                "status": status}
+
+    def analysis(self, concepts: Any, expression: Any = "", *, progress: ProgressFn | None = None,
+                 cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Cosine heatmaps (global, per UNet block), norms, sparsity, sign agreement, angles > 75°; an analogy."""
+        from .research.analyze import analyze, evaluate_expression, parse_expression
+
+        t0 = time.time()
+        names = self._concepts(concepts, "concepts")
+        text = self._expression(expression)
+        terms: list[tuple[str, float]] = []
+        if text:
+            with research_errors("expression"):  # before loading anything: a typo fails fast
+                terms = parse_expression(text, self.concept_names())
+        lab = self._lab(None)
+        with research_errors("analysis"):
+            report = self._reporter(progress, cancel, "loading the model")
+            need = list(dict.fromkeys([*names, *(t for t, _ in terms)]))
+            vectors = {}
+            for i, name in enumerate(need):
+                report(f"task vector {name}", i, len(need))
+                vectors[name] = lab.vector(name)
+            report("measuring", 0, 1)
+            result = analyze({n: vectors[n] for n in names})
+            expr_row, note = None, ""
+            if text:
+                from .diagnostics import sparsity
+
+                tv = evaluate_expression(text, {t: vectors[t] for t, _ in terms})
+                cos = {n: tv.cosine(vectors[n]) for n in names}
+                result.expression = {"text": text, "terms": terms, "norm": tv.norm(), "tensors": len(tv),
+                                     "cosine": cos, "sparsity": sparsity(tv)}
+                expr_row = [f"= {text}", len(tv), tv.numel(), _r(tv.norm(), 4), _r(sparsity(tv))]
+                shown = " ".join(f"{c:+g}·{t}" for t, c in terms)
+                note = (f"  \n**{text}** = {shown}: norm {tv.norm():.4f}; cosine with " +
+                        ", ".join(f"{n} {c:+.3f}" for n, c in cos.items()))
+            report("plotting", 0, 1)
+            files = result.save(self._new_dir("analysis"))
+        vec_rows = [[r["vector"], r["tensors"], r["params"], _r(r["norm"], 4), _r(r["sparsity"])]
+                    for r in result.vectors_rows()]
+        if expr_row:
+            vec_rows.append(expr_row)
+        t = result.threshold_deg
+        pair_rows = [[f"{p['a']} · {p['b']}", _r(p["cosine"]), _r(p["angle_deg"], 1), _r(p["sign_agreement"]),
+                      f"{p[f'layers_over_{t:g}deg']} / {p['shared_layers']}"] for p in result.pairs()]
+        status = (f"**Analysis** of {len(names)} task vector(s), {len(result.blocks)} UNet blocks, in "
+                  f"{time.time() - t0:.1f} s. Angles > {t:g}°: layers (of those both vectors change) where the two "
+                  f"vectors are nearly orthogonal or opposed; fewer ↔ more related concepts." + note)
+        return {"cosine": str(files["cosine"]), "blocks": str(files["blocks"]) if "blocks" in files else None,
+                "vectors": {"headers": ["vector", "tensors", "params", "norm", "sparsity"], "data": vec_rows},
+                "pairs": {"headers": ["pair", "cosine", "angle °", "sign agreement", f"layers > {t:g}°"],
+                          "data": pair_rows},
+                "csv": str(files["pairs"]), "vectors_csv": str(files["vectors"]), "status": status}
+
+    def adaptive(self, prompt: Any, pool: Any, t_switch: Any = None, alpha: Any = 2.0, top_k: Any = 2,
+                 seeds: Any = "0", steps: Any = None, *, progress: ProgressFn | None = None,
+                 cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Rank a pool of vectors for a prompt by how far each moves the image from a shared prefix; apply the
+        top k (research/adaptive.py, multi-concept paper §5)."""
+        from .research.adaptive import save_selection, select
+
+        t0 = time.time()
+        prompt = self._prompt(prompt)
+        names = self._concepts(pool, "pool")
+        lab = self._lab(steps)
+        t_switch = Service._int(lab.steps // 2 if t_switch is None else t_switch, "t_switch", 0, lab.steps)
+        alpha = Service._number(alpha, "α", 0.0, MAX_ALPHA, hint=" (α > 0 ablates; the paper uses 0.5 … 5)")
+        if alpha <= 0:
+            raise refuse(f"α: {alpha:g} must be > 0 (θ + α·τ ablates the candidate's concept)")
+        top_k = Service._int(top_k, "top-k", 1, len(names))
+        seed_list = self.service._seeds(seeds)
+        T, s, p = lab.steps, len(seed_list), len(names)
+        self._budget("adaptive", s * (T + p * (T - t_switch) + T), 1,
+                     f"{s} seed(s) × (base + {p} candidates from step {t_switch} + final)")
+        with research_errors("adaptive"):
+            report = self._reporter(progress, cancel, "loading the model")
+            lab.pipe  # noqa: B018 - load before the long step so the progress bar says which stage runs
+            report(f"base + {p} candidates from step {t_switch}, then the final images", 0, 2)
+            sel = select(lab, prompt, names, t_switch=t_switch, alpha=alpha, seeds=seed_list, top_k=top_k)
+            report("saving", 1, 2)
+            files = save_selection(sel, self._new_dir("adaptive"))
+        headers = ["rank", "vector", "similarity (mean)", "chosen", "λ",
+                   *(f"similarity seed {x}" for x in sel.seeds)]
+        data = [[r["rank"], r["vector"], _r(r["similarity"]), "✓" if r["chosen"] else "",
+                 _r(r["lambda"], 2) if r["chosen"] else "–",
+                 *(_r(r[f"similarity_seed{x}"]) for x in sel.seeds)] for r in sel.rows()]
+        status = (f"**Adaptive selection** for “{prompt}”: chose {', '.join(sel.chosen) or 'none'} (top {top_k}); "
+                  f"t_switch {t_switch}/{T}, α {alpha:g}, {s} seed(s), {sel.counts['unet_calls']} UNet calls, "
+                  f"{time.time() - t0:.1f} s.  \nLower similarity to the base image = the vector matters more for "
+                  "this prompt. Strip: base | each candidate θ + α·τ (ranked) | final with the chosen vectors (λ = 1).")
+        return {"table": {"headers": headers, "data": data}, "strip": files["strip"], "csv": files["ranking"],
+                "status": status}
+
+    # --- validation ----------------------------------------------------------------------------------------
+    def _world_names(self) -> list[str]:
+        if self.world is None or not self.world.concepts:
+            raise refuse(f"research views need the toy world (world.json with ablation checkpoints) at "
+                         f"{self.settings.assets}; set TAD_ASSETS")
+        return self.concept_names()
+
+    def _concept(self, value: Any, what: str) -> str:
+        known = self._world_names()
+        if not isinstance(value, str) or value.strip() not in known:
+            raise refuse(f"{what}: unknown concept {value!r}; known: {', '.join(known)}")
+        return value.strip()
+
+    def _concepts(self, values: Any, what: str) -> list[str]:
+        """Known concepts, each once, in the order given (checkbox order = the order they were ticked)."""
+        if isinstance(values, str):
+            values = [v for v in re.split(r"[,\s]+", values) if v]
+        if not isinstance(values, (list, tuple)) or not values:
+            raise refuse(f"{what}: tick at least one concept")
+        out = [self._concept(v, what) for v in values]
+        if len(set(out)) != len(out):
+            raise refuse(f"{what}: each concept once, please")
+        return out
+
+    def _methods(self, values: Any) -> list[str]:
+        if isinstance(values, str):
+            values = [v for v in re.split(r"[,\s]+", values) if v]
+        if not isinstance(values, (list, tuple)) or not values:
+            raise refuse("methods: tick at least one merge method")
+        bad = [v for v in values if v not in METHODS]
+        if bad:
+            raise refuse(f"methods: unknown merge method {bad[0]!r}; known: {', '.join(METHODS)}")
+        return list(dict.fromkeys(values))
+
+    def _lambda_list(self, text: Any) -> list[float]:
+        """1 … MAX_LAMBDAS distinct finite λ within ±max_lambda, sorted (a line plot over λ)."""
+        lim = self.settings.max_lambda
+        items = list(text) if isinstance(text, (list, tuple)) else re.split(r"[,;\s]+", str(text or "").strip())
+        items = [x for x in items if str(x).strip()]
+        if not 1 <= len(items) <= MAX_LAMBDAS:
+            raise refuse(f"λ list: give 1 to {MAX_LAMBDAS} values separated by commas, got {len(items)}")
+        out = []
+        for x in items:
+            try:
+                v = float(x)
+            except (TypeError, ValueError):
+                raise refuse(f"λ list: {x!r} is not a number") from None
+            if not math.isfinite(v):
+                raise refuse(f"λ list: {x!r} is not a finite number")
+            if not -lim <= v <= lim:
+                raise refuse(f"λ list: {v:g} is outside [{-lim:g}, {lim:g}] (λ>0 ablates, 0 is the base, λ<0 "
+                             "enhances; TAD_MAX_LAMBDA)")
+            if v in out:
+                raise refuse(f"λ list: {v:g} is given twice")
+            out.append(v)
+        return sorted(out)
+
+    def _steps(self, steps: Any) -> int | None:
+        if steps is None or steps == "":
+            return None
+        cpu = " on a CPU" if self.max_steps < self.settings.max_steps else ""
+        try:
+            return Service._int(steps, "steps", 1, self.max_steps)
+        except gr.Error as e:
+            raise refuse(f"{e}{cpu}") from None
+
+    def _expression(self, text: Any) -> str:
+        if text is None:
+            return ""
+        if not isinstance(text, str):
+            raise refuse(f"expression: expected text, got {type(text).__name__}")
+        if len(text) > MAX_EXPRESSION or "\n" in text.strip():
+            raise refuse(f"expression: one line of at most {MAX_EXPRESSION} characters")
+        return text.strip()
+
+    def _prompt(self, text: Any) -> str:
+        if not isinstance(text, str) or not text.strip():
+            raise refuse("prompt: write a prompt, e.g. 'a smiley in striped style'")
+        if len(text) > MAX_PROMPT or "\n" in text.strip():
+            raise refuse(f"prompt: one line of at most {MAX_PROMPT} characters")
+        return text.strip()
+
+    @staticmethod
+    def _budget(what: str, images: int, steps: int, how: str) -> None:
+        if images * steps > BUDGET:
+            raise refuse(f"{what}: {how} = {images} images at {steps} steps is over this app's budget of {BUDGET} "
+                         "image-steps; use fewer values, prompts or steps (or the command line)")
+
+    # --- helpers -------------------------------------------------------------------------------------------
+    def _lab(self, steps: Any) -> Lab:
+        """The toy world's Lab on the shared Models cache (a cheap object: built per request, never kept)."""
+        self._world_names()
+        steps = self._steps(steps)
+        if steps is None:
+            steps = min(self.world.defaults["steps"], self.max_steps)
+        with research_errors("toy world"):
+            return Lab.toy_world(self.settings.assets, models=self.models, steps=steps)
+
+    @staticmethod
+    def _reporter(progress: ProgressFn | None, cancel: Callable[[], bool] | None, first: str) -> ProgressFn:
+        """Progress callback that also stops the run (between stages) when the session's Cancel was pressed."""
+        def report(stage: str, i: int, n: int) -> None:
+            if cancel is not None and cancel():
+                raise Cancelled("cancelled by the user; the model's weights are restored")
+            if progress is not None:
+                progress(stage, i, n)
+        report(first, 0, 1)
+        return report
+
+    def _new_dir(self, view: str) -> Path:
+        """A fresh output folder; old ones go as the grid's run folders do (TTL, then the oldest beyond max_runs)."""
+        self.out_root.mkdir(parents=True, exist_ok=True)
+        s = self.settings
+        dirs = sorted((d for d in self.out_root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
+        now = time.time()
+        for i, d in enumerate(dirs):
+            if now - d.stat().st_mtime > s.cache_ttl or len(dirs) - i >= s.max_runs:
+                shutil.rmtree(d, ignore_errors=True)
+        d = self.out_root / f"{view}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        d.mkdir(parents=True)
+        return d
+
+
+def _default_expression(objs: Sequence[str], stys: Sequence[str]) -> str:
+    """'kite + striped - smiley' on the toy world: an object, plus a style, minus another object."""
+    if len(objs) >= 2 and stys:
+        return f"{objs[-1]} + {stys[0]} - {objs[0]}"
+    names = [*objs, *stys]
+    return " - ".join(names[:2]) if names else ""

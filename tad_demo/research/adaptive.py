@@ -515,7 +515,7 @@ def tradeoff(lab: Lab, table: AucTable, *, t_switch: int, alpha: float, method: 
     for name, sets in ways.items():
         feats = scorer.image_features([cache[(i, s)] for i, s in enumerate(sets)])
         hits: dict[str, list[bool]] = {"object": [], "style": []}
-        ctrl = []
+        ctrl, ctrl_plain = [], []  # plain: control prompts naming no pool concept (nothing should change)
         for i, p in enumerate(probes):
             for c in p.relevant:
                 kind = lab.kind_of(c)
@@ -523,10 +523,13 @@ def tradeoff(lab: Lab, table: AucTable, *, t_switch: int, alpha: float, method: 
                 hits[kind].append(bool(sc[0, 0] > sc[0, 1]))
             if p.control:
                 ctrl.append(scorer.classify(feats[i:i + 1], list(world.OBJECTS), "object")[0] == p.control)
+                if not p.relevant:
+                    ctrl_plain.append(ctrl[-1])
         both = hits["object"] + hits["style"]
         n_vec = [len(s) for s in sets]
         rows.append({"way": name, "target_accuracy": _mean(both), "target_accuracy_object": _mean(hits["object"]),
                      "target_accuracy_style": _mean(hits["style"]), "control_accuracy": _mean(ctrl),
+                     "control_accuracy_unnamed": _mean(ctrl_plain),
                      "mean_vectors": float(np.mean(n_vec)), "n_targets": len(both), "n_control": len(ctrl)})
     return Tradeoff(t_switch, float(alpha), method, rows, time.time() - t0, table.auc(t_switch, alpha, method),
                     len(probes))
@@ -810,7 +813,8 @@ def print_adaptive(res: dict[str, Any]) -> None:
             t = res["tradeoff"]
             print(f"trade-off: {t['n_prompts']} prompts, selection at t_switch {t['t_switch']}/{res['steps']}, "
                   f"α {t['alpha']:g} (AUC there {t['auc']:.3f})")
-            print(_table(["way", "target acc", "object", "style", "control acc", "vectors"],
+            print(_table(["way", "target acc", "object", "style", "control acc", "no target named", "vectors"],
                          [[r["way"], r["target_accuracy"], r["target_accuracy_object"], r["target_accuracy_style"],
-                           r["control_accuracy"], r["mean_vectors"]] for r in t["rows"]]))
+                           r["control_accuracy"], r["control_accuracy_unnamed"], r["mean_vectors"]]
+                          for r in t["rows"]]))
         print(f"\n{res['seconds']['total']:.0f} s; wrote {', '.join(Path(f).name for f in res['files'].values())}")

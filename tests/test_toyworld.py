@@ -71,28 +71,31 @@ def test_tokenizer_knows_every_world_word(tmp_path):
 
 
 def test_smoke_training_of_every_trainer(tmp_path):
-    """A few steps of each trainer, chained as in the real run (VAE → base → CLIP, ablations, ControlNet)."""
+    """The one-command rebuild (train_all) with a few steps of each trainer, chained as in the real run."""
+    import json
+
     from diffusers import ControlNetModel, StableDiffusionPipeline
     from safetensors.torch import load_file
 
     from tad_demo import TaskVector
-    from tad_demo.toyworld import train_ablations, train_base, train_clip, train_controlnet, train_vae
+    from tad_demo.toyworld import train_all
 
-    train_vae.main(["--smoke", "--out", str(tmp_path / "vae")])
-    train_base.main(["--smoke", "--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "base")])
-    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "base")
+    out = tmp_path / "world"
+    train_all.main(["--smoke", "--out", str(out), "--work", str(tmp_path / "work")])
+    pipe = StableDiffusionPipeline.from_pretrained(out / "base")
     assert pipe.vae_scale_factor == 4
-    train_clip.main(["--smoke", "--out", str(tmp_path / "clip")])
-    assert (tmp_path / "clip" / "open_clip_config.json").is_file()
-    train_ablations.main(["--smoke", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "abl"),
-                          "--concepts", "smiley"])
-    weights = load_file(tmp_path / "abl" / "smiley.safetensors")
+    assert (out / "clip" / "open_clip_config.json").is_file()
+    meta = json.loads((out / "world.json").read_text())
+    assert {c["name"] for c in meta["concepts"]} == {*world.OBJECT_TARGETS, *world.STYLE_TARGETS}
+    weights = load_file(out / "ablations" / "smiley.safetensors")
     assert weights and all("attn2.to_k" in k or "attn2.to_v" in k for k in weights)
-    tv = TaskVector.from_pair(tmp_path / "base", tmp_path / "abl" / "smiley.safetensors")
+    tv = TaskVector.from_pair(out / "base", out / meta["concepts"][0]["checkpoint"])
     assert len(tv) == len(weights)
-    train_controlnet.main(["--smoke", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "cn"),
-                           "--kinds", "scribble"])
-    ControlNetModel.from_pretrained(tmp_path / "cn" / "scribble")
+    for kind in ("canny", "depth", "scribble"):
+        ControlNetModel.from_pretrained(out / "controlnet" / kind)
+    assert (out / "examples" / "smiley_canny.png").is_file()
+    with pytest.raises(SystemExit, match="unknown stage"):
+        train_all.main(["--smoke", "--skip", "nope"])
 
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "toyworld"

@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         save_weights(weights, out / f"{concept}.safetensors", meta)
         log.info("saved %s (%d tensors)", out / f"{concept}.safetensors", len(weights))
 
-    # 4. the world's manifest (★3) points at the checkpoints that exist (earlier runs' included)
-    if not args.smoke:
+    # 4. the world's manifest (★3) points at the checkpoints that exist (earlier runs' included); a smoke run
+    #    into the shipped folder must not rewrite the shipped manifest
+    if not args.smoke or out.resolve() != (ASSETS / "ablations").resolve():
         manifest = world.manifest(out.name)
         manifest["concepts"] = [c for c in manifest["concepts"] if (out.parent / c["checkpoint"]).is_file()]
         (out.parent / "world.json").write_text(json.dumps(manifest, indent=2))

@@ -34,6 +34,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from results_md import write_section  # noqa: E402  (bench/ is on sys.path: run as a script)
 
 from tad_demo.research import adaptive  # noqa: E402
 from tad_demo.research.lab import Lab  # noqa: E402
@@ -131,19 +132,6 @@ def report(results: list[dict], args: argparse.Namespace, seconds: float) -> str
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace this bench's section of RESULTS.md (or append it); other sections stay as they are."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = f"{HEADING}\n\n{body.strip()}\n"
-    start = text.find(HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[nxt:] if nxt >= 0 else "")
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20, help="denoising steps T (default 20, the toy world's)")
@@ -168,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     body = report(results, args, time.time() - t0)
     print(body)
     if not args.no_write:
-        write_section(args.out, body)
+        write_section(args.out, HEADING, body)
         print(f"\nwrote {args.out}")
 
 

@@ -34,7 +34,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_grid import cpu_name, load_note, write_section  # noqa: E402  (shared report helpers)
+from bench_grid import cpu_name, load_note  # noqa: E402  (shared report helpers)
+from results_md import write_section  # noqa: E402
 
 log = logging.getLogger("bench_app_start")
 HEADING = "## App start-up (bench/bench_app_start.py)"

@@ -50,6 +50,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from results_md import write_section  # noqa: E402  (bench/ is on sys.path: run as a script)
 
 log = logging.getLogger("bench_grid")
 HEADING = "## Grid (bench/bench_grid.py)"
@@ -88,19 +89,6 @@ def load_note() -> Callable[[], str]:
         return (f"Load during the run: other processes used {others:.2f} of {psutil.cpu_count()} cores on average, "
                 f"this bench {mine:.2f}; /proc/loadavg (1/5/15 min) {avg0} at the start, {loadavg()} at the end")
     return note
-
-
-def write_section(path: Path, heading: str, body: str) -> None:
-    """Replace (or append) one bench's section, leaving other benches' sections alone."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = f"{heading}\n\n{body.strip()}\n"
-    start = text.find(heading)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(heading))
-        text = text[:start] + section + (text[nxt:] if nxt >= 0 else "")
-    path.write_text(text)
 
 
 def fmt_s(s: float | None) -> str:

@@ -45,6 +45,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from results_md import write_section  # noqa: E402  (bench/ is on sys.path: run as a script)
 
 from tad_demo.patching import WeightPatcher  # noqa: E402
 
@@ -379,19 +380,6 @@ def report(cases: list[Case], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) this bench's section, leaving other benches' sections alone."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = f"{HEADING}\n\n{body.strip()}\n"
-    start = text.find(HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[nxt:] if nxt >= 0 else "")
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -473,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     md = report(cases, header)
     print("\n" + md + "\n")
     if not args.quick and not args.no_write:
-        write_section(args.out, md)
+        write_section(args.out, HEADING, md)
         log.info("wrote %s", args.out)
     return 0
 

@@ -24,7 +24,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from .merge_methods import METHODS
 from .metrics import ClipUnavailable
 from .models import ModelError
 from .research.lab import Lab, LabError
-from .service import Service, refuse
+from .service import Service, refuse, user_errors
 from .task_vector import TaskVectorError
 
 log = logging.getLogger(__name__)
@@ -53,23 +53,9 @@ ProgressFn = Callable[[str, int, int], None]
 RESEARCH_ERRORS = (LabError, ModelError, TaskVectorError, GridError, ClipUnavailable, FileNotFoundError, ValueError)
 
 
-@contextlib.contextmanager
-def research_errors(what: str) -> Iterator[None]:
-    """Library errors → ``gr.Error`` with their message; anything else is logged and reported in one line."""
-    try:
-        yield
-    except gr.Error:
-        raise
-    except Cancelled as e:
-        raise gr.Error(str(e), title="Cancelled") from None
-    except RESEARCH_ERRORS as e:  # LabError and the other library errors are ValueError subclasses
-        log.info("%s refused: %s: %s", what, type(e).__name__, e)
-        raise refuse(f"{what}: {e}") from None
-    except Exception as e:  # noqa: BLE001 - the app must keep serving whatever a model library raises
-        log.exception("%s failed", what)
-        text = str(e).strip().splitlines()
-        raise gr.Error(f"{what} failed: {type(e).__name__}: {text[0] if text else ''}"[:500],
-                       title="Internal error") from None
+def research_errors(what: str) -> contextlib.AbstractContextManager[None]:
+    """The grid service's error mapping, with the research views' errors and the view named in the message."""
+    return user_errors(what, RESEARCH_ERRORS, name_it=True)
 
 
 def _r(x: Any, nd: int = 3) -> Any:

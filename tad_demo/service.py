@@ -80,16 +80,19 @@ LIBRARY_ERRORS = (GridError, ModelError, ControlError, TaskVectorError, ClipUnav
 
 
 @contextlib.contextmanager
-def user_errors(what: str = "grid") -> Iterator[None]:
-    """Library errors → ``gr.Error`` with their message; anything else is logged and reported in one line."""
+def user_errors(what: str = "grid", errors: tuple[type[BaseException], ...] = LIBRARY_ERRORS, *,
+                name_it: bool = False) -> Iterator[None]:
+    """Library errors (``errors``) → ``gr.Error`` with their message (prefixed with ``what`` when ``name_it``);
+    anything else is logged and reported in one line."""
     try:
         yield
     except gr.Error:
         raise
     except Cancelled as e:
         raise gr.Error(str(e), title="Cancelled") from None
-    except LIBRARY_ERRORS as e:
-        raise refuse(str(e)) from None
+    except errors as e:
+        log.info("%s refused: %s: %s", what, type(e).__name__, e)
+        raise refuse(f"{what}: {e}" if name_it else str(e)) from None
     except Exception as e:  # noqa: BLE001 - the app must keep serving whatever a model library raises
         log.exception("%s failed", what)
         text = str(e).strip().splitlines()

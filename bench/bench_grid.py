@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="warm grids (default 3; medians)")
     ap.add_argument("--naive-cells", type=int, default=9, help="cells of each naive loop (default all 9)")
     ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads (default 0: torch's own setting, i.e. what the app and CLI use)")
+                    help="torch threads while generating (default 0: auto, what the app and CLI use: 1 for the "
+                         "toy world, see tad_demo.models.SMALL_UNET_PARAMS)")
     ap.add_argument("--thread-counts", default=f"1,{os.cpu_count() or 1}",
                     help="torch thread counts compared on extra warm grids, alternating (default 1,<cores>; "
                          "'' to skip)")
@@ -272,18 +273,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from tad_demo.grid import toy_world_spec
     from tad_demo.models import Models
+    from tad_demo.patching import torch_threads
     t_import = time.perf_counter() - t0
     dlogging.disable_progress_bar()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
     spec = toy_world_spec(args.assets, object=args.object, style=args.style, steps=args.steps)
     work = Path(tempfile.mkdtemp(prefix="bench_grid_"))
 
     # 1. cold: a fresh cache
-    models = Models(device="cpu")
+    models = Models(device="cpu", threads=args.threads or None)
     log.info("cold grid (loads the base, CLIP, the vectors)")
     cold = timed_grid(spec, models, work / "cold")
+    threads = models.compute_threads() or torch.get_num_threads()  # the grid's; the naive loops get the same
     scorer = models.clip(spec.clip) if spec.clip else None
     n_cells = len(spec.row_lambdas) * len(spec.col_lambdas)
 
@@ -304,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("warm grid %d/%d: %.2f s wall, %.2f s CPU, UNet %.2f s over %d forwards", i + 1, args.repeats,
                  g["wall"], g["cpu"], clock.wall["UNet forwards"], clock.calls["UNet forwards"])
         for key, (_, reload) in naive_kinds.items():
-            n = naive_loop(spec, models, scorer, reload=reload, cells=args.naive_cells)
+            with torch_threads(threads):
+                n = naive_loop(spec, models, scorer, reload=reload, cells=args.naive_cells)
             n["diff"] = max_pixel_diff(g["result"], n.pop("images"))
             naive[key].append(n)
             log.info("naive %s %d/%d: %.2f s wall, %.2f s CPU for %d cells", key, i + 1, args.repeats, n["wall"],
@@ -325,11 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     by_threads: dict[int, list[dict[str, float]]] = {n: [] for n in counts}
     for _ in range(args.thread_repeats if len(counts) > 1 else 0):
         for n in counts:
-            torch.set_num_threads(n)
+            models.threads = n
             g = timed_grid(spec, models, work / f"threads{n}")
             by_threads[n].append({"wall": g["wall"], "cpu": g["cpu"]})
             log.info("warm grid with %d thread(s): %.2f s wall, %.2f s CPU", n, g["wall"], g["cpu"])
-    torch.set_num_threads(threads)
+    models.threads = args.threads or None
 
     # 4. profile when asked or when a target is missed
     missed = ratio_a > TARGET_RATIO or w_wall > TARGET_WALL

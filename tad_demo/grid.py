@@ -32,6 +32,7 @@ import string
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -512,7 +513,7 @@ def run_grid(spec: GridSpec, *, models: Models | None = None, progress: Progress
     report = _Reporter(progress, cancel)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    with models.lock:
+    with models.lock, ExitStack() as stack:
         # 2. loading
         t0 = time.perf_counter()
         nets = [c for c in spec.controls if c.kind != "none"]
@@ -530,6 +531,7 @@ def run_grid(spec: GridSpec, *, models: Models | None = None, progress: Progress
         if spec.height % f or spec.width % f:
             raise GridError(f"height/width must be multiples of {f} for this model, got {spec.height}×{spec.width}")
         timings["loading"] = time.perf_counter() - t0
+        stack.enter_context(models.computing())  # torch threads suited to the loaded model (1 for the toy world)
 
         # 3. building vectors
         t0 = time.perf_counter()

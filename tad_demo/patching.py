@@ -287,7 +287,7 @@ class WeightPatcher:
                 owner, attr, t = self._locate(key, "")
                 self._slots[key] = _Slot(key, owner, attr, self._clone(t), t.data_ptr())
         try:
-            with torch.no_grad(), _torch_threads(self._num_threads):
+            with torch.no_grad(), torch_threads(self._num_threads):
                 for key, slot in self._slots.items():
                     t = self._sync(slot)
                     if key in plan:
@@ -354,7 +354,7 @@ class WeightPatcher:
 
 
 @contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
+def torch_threads(n: int | None) -> Iterator[None]:
     """Temporarily set torch's intra-op threads (cheap: ~0.1 µs; the OpenMP pool is kept)."""
     prev = torch.get_num_threads()
     if n is None or n == prev:

@@ -157,7 +157,8 @@ class Service:
         self.catalog = Catalog.load(settings.catalog)
         self.world = World.load(settings.assets)
         # Hosted: Hub weights are read from safetensors only (a pickle can run code when unpickled).
-        self.models = models or Models(device=settings.device, use_safetensors=True if settings.hosted else None)
+        self.models = models or Models(device=settings.device, use_safetensors=True if settings.hosted else None,
+                                        threads=settings.threads or None)
         self.runs_dir = settings.work_dir / "runs"
         self.example_cache = settings.work_dir / "examples"
         self.precomputed_dir = settings.assets / "examples" / "precomputed"

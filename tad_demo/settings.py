@@ -23,6 +23,7 @@
 | ``TAD_MAX_UPLOAD_MB`` | 2048 | largest upload (a full SD checkpoint is ~4 GB in fp32, 2 GB in fp16) |
 | ``TAD_WORK_DIR`` | ``$TMPDIR/tad_app`` | run folders and the lazily cached examples |
 | ``TAD_DEVICE`` | auto | ``cpu``/``cuda``/``cuda:1`` |
+| ``TAD_TORCH_THREADS`` | 0 (auto) | torch threads while generating (auto: 1 for small models, else torch's default) |
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class Settings:
     max_upload_mb: int = 2048
     work_dir: Path = Path(tempfile.gettempdir()) / "tad_app"
     device: str | None = None
+    threads: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -125,6 +127,7 @@ class Settings:
             max_upload_mb=_int(env, "TAD_MAX_UPLOAD_MB", 2048, 1, 16_384),
             work_dir=Path(env.get("TAD_WORK_DIR") or Path(tempfile.gettempdir()) / "tad_app").expanduser(),
             device=device,
+            threads=_int(env, "TAD_TORCH_THREADS", 0, 0, os.cpu_count() or 1),
         )
 
     def describe(self) -> dict[str, str]:

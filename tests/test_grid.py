@@ -198,6 +198,24 @@ def test_cancel_stops_and_restores_weights(tiny_world, models):
     assert not models.lock._is_owned(), "the model lock is released"
 
 
+def test_small_models_generate_with_one_torch_thread(tiny_world):
+    """Tiny UNets are op-overhead bound: auto picks 1 thread while denoising; an explicit setting wins; the
+    caller's thread count is back afterwards."""
+    spec = toy_world_spec(tiny_world, object=None, style="striped", seeds=[1], steps=2)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for threads, expected in ((None, 1), (2, 2)):
+            seen: set[int] = set()
+            m = Models(device="cpu", threads=threads)
+            run_grid(spec, models=m, progress=lambda s, i, n, seen=seen: s.startswith("denoising") and seen.add(
+                torch.get_num_threads()))
+            assert seen == {expected}
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(prev)
+
+
 def test_control_image_matters_and_pipelines_share_modules(tiny_world, models):
     spec = toy_world_spec(tiny_world, controls=("canny",), seeds=[1], lambdas=(0.0,))
     a = run_grid(spec, models=models, hashes=False)

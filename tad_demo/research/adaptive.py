@@ -198,7 +198,7 @@ def explore(lab: Lab, prompts: Sequence[str], seeds: Sequence[int], pool: Sequen
     def feats(images: list[Any]) -> Any:
         return scorer.image_features(images).numpy()
 
-    with lab.models.lock:
+    with lab.models.computing():
         for lo in range(0, R, BATCH):
             rows = slice(lo, min(lo + BATCH, R))
             den = Denoiser(pipe, prompts[rows], seeds[rows], steps=T, guidance=lab.guidance, height=lab.height,

@@ -137,7 +137,7 @@ class Lab:
         from ..sampling import sample
 
         pipe = self.pipe
-        with self.models.lock:
+        with self.models.computing():
             with self.models.patcher.patched(list(combo)):
                 touches_text = any(k.startswith("text_encoder.") for tv, _ in combo for k in tv.keys())
                 return sample(pipe, list(prompts), [int(s) for s in seeds], steps=self.steps, guidance=self.guidance,

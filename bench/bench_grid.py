@@ -19,6 +19,10 @@ A script, not a timed unit test. Everything runs in one process, side by side:
              (b) = naive / warm grid time per cell, within one cycle of [grid, naive reload, naive
              load_state_dict] (``--repeats`` cycles, medians); the naive images are compared with the grid's
   (c)        the warm grid's wall time; target ≤ 5 s on a 2-core CPU
+  threads    warm grids with each torch thread count (the app's default is torch's: one per core)
+  trace      warm grids with the traced UNet forward and with diffusers' eager one (tad_demo/fast_unet.py);
+             the naive load_state_dict loop runs on the grid's pipeline (traced), the reload loop on fresh
+             diffusers pipelines (eager), as a user's own loop would
 
 "Grid wall time" is ``run_grid`` + ``save`` (what ``python -m tad_demo grid`` does after its imports).
 Where the time goes is measured by wrapping the parts (UNet, VAE decode, text encoder, CLIP, weight switches,
@@ -249,12 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="warm grids (default 3; medians)")
     ap.add_argument("--naive-cells", type=int, default=9, help="cells of each naive loop (default all 9)")
     ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads while generating (default 0: auto, what the app and CLI use: 1 for the "
-                         "toy world, see tad_demo.models.SMALL_UNET_PARAMS)")
+                    help="torch threads while generating (default 0: torch's default, what the app and CLI use)")
     ap.add_argument("--thread-counts", default=f"1,{os.cpu_count() or 1}",
                     help="torch thread counts compared on extra warm grids, alternating (default 1,<cores>; "
                          "'' to skip)")
-    ap.add_argument("--thread-repeats", type=int, default=1, help="rounds of the thread comparison (default 1)")
+    ap.add_argument("--thread-repeats", type=int, default=2,
+                    help="rounds of the thread and the traced/eager comparisons (default 2)")
     ap.add_argument("--profile", action="store_true", help="also cProfile one warm grid (always done when a "
                                                           "target is missed)")
     ap.add_argument("--note", default="", help="free text for the machine note (e.g. concurrent jobs)")
@@ -283,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     models = Models(device="cpu", threads=args.threads or None)
     log.info("cold grid (loads the base, CLIP, the vectors)")
     cold = timed_grid(spec, models, work / "cold")
-    threads = models.compute_threads() or torch.get_num_threads()  # the grid's; the naive loops get the same
+    threads = models.threads or torch.get_num_threads()  # the grid's; the naive loops get the same
     scorer = models.clip(spec.clip) if spec.clip else None
     n_cells = len(spec.row_lambdas) * len(spec.col_lambdas)
 
@@ -331,6 +335,18 @@ def main(argv: list[str] | None = None) -> int:
             by_threads[n].append({"wall": g["wall"], "cpu": g["cpu"]})
             log.info("warm grid with %d thread(s): %.2f s wall, %.2f s CPU", n, g["wall"], g["cpu"])
     models.threads = args.threads or None
+
+    # 3b. the traced UNet forward (tad_demo/fast_unet.py) vs diffusers' eager forward, alternating
+    fast = models.pipe.unet.__dict__.get("forward")
+    by_trace: dict[str, list[dict[str, float]]] = {"traced": [], "eager": []}
+    for _ in range(args.thread_repeats if fast is not None else 0):
+        for label in by_trace:
+            if label == "eager":
+                del models.pipe.unet.forward  # the class's forward
+            g = timed_grid(spec, models, work / f"trace_{label}")
+            models.pipe.unet.forward = fast
+            by_trace[label].append({"wall": g["wall"], "cpu": g["cpu"]})
+            log.info("warm grid, %s UNet: %.2f s wall", label, g["wall"])
 
     # 4. profile when asked or when a target is missed
     missed = ratio_a > TARGET_RATIO or w_wall > TARGET_WALL
@@ -405,6 +421,11 @@ def main(argv: list[str] | None = None) -> int:
         cells = "; ".join(f"{n} thread(s): {med([g['wall'] for g in gs]):.2f} s wall, "
                           f"{med([g['cpu'] for g in gs]):.2f} s CPU" for n, gs in by_threads.items() if gs)
         lines.append(f"- torch threads, warm grid (medians of {args.thread_repeats}, alternating): {cells}")
+    if any(by_trace.values()):
+        tw, ew = (med([g["wall"] for g in by_trace[k]]) for k in ("traced", "eager"))
+        lines.append(f"- UNet forward, warm grid (medians of {args.thread_repeats}, alternating): traced "
+                     f"{tw:.2f} s, diffusers' eager forward {ew:.2f} s: the trace saves **{1 - tw / ew:.0%}** "
+                     "(images bit-identical: tests/test_grid.py)")
     lines.append(f"- cold grid (first call of a fresh process after imports): {cold['wall']:.2f} s wall; "
                  f"with imports {cold['wall'] + t_import:.2f} s")
     md = "\n".join(lines)

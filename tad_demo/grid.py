@@ -531,7 +531,7 @@ def run_grid(spec: GridSpec, *, models: Models | None = None, progress: Progress
         if spec.height % f or spec.width % f:
             raise GridError(f"height/width must be multiples of {f} for this model, got {spec.height}×{spec.width}")
         timings["loading"] = time.perf_counter() - t0
-        stack.enter_context(models.computing())  # torch threads suited to the loaded model (1 for the toy world)
+        stack.enter_context(models.computing())  # TAD_TORCH_THREADS, if set
 
         # 3. building vectors
         t0 = time.perf_counter()

@@ -22,9 +22,9 @@ from .recipe import VECTOR_KINDS
 
 log = logging.getLogger(__name__)
 
-# Below this many UNet parameters a CPU forward pass is bound by per-op overhead, not arithmetic, and a second
-# torch thread only adds synchronisation: the toy world's 3×3 grid takes 4.97 s with 1 thread and 5.57 s with 2
-# (bench/bench_grid.py, RESULTS.md). SD-1.x (860 M) is compute-bound and keeps torch's default.
+# Below this many UNet parameters a CPU forward pass is bound by Python and per-op overhead, not arithmetic: the
+# toy world's UNet (6.6 M) spends ~20% of a forward in diffusers' Python, which a trace removes (fast_unet.py).
+# SD-1.x (860 M) is compute-bound: diffusers' own forward.
 SMALL_UNET_PARAMS = 50_000_000
 
 
@@ -58,7 +58,7 @@ class Models:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype
         self.use_safetensors = use_safetensors
-        self.threads = threads  # torch CPU threads while generating; None = auto (see compute_threads)
+        self.threads = threads  # torch CPU threads while generating; None = torch's default
         self.trace = trace  # traced UNet forward (tad_demo.fast_unet); None = auto: small UNets on CPU
         self.lock = threading.RLock()
         self.base: str | None = None
@@ -110,24 +110,17 @@ class Models:
             return pipe
 
     # --- generating ------------------------------------------------------------------------------------
-    def compute_threads(self) -> int | None:
-        """Torch intra-op threads for generating with the loaded base: ``threads`` if set, else 1 for a small UNet
-        on CPU (op-overhead bound, see SMALL_UNET_PARAMS), else None (torch's default)."""
-        if self.threads:
-            return self.threads
-        return 1 if self.pipe is not None and self._small_on_cpu(self.pipe) else None
-
     def _small_on_cpu(self, pipe: Any) -> bool:
         """A UNet small enough to be bound by per-op overhead on this CPU device (see SMALL_UNET_PARAMS)."""
         return self.device.type == "cpu" and sum(p.numel() for p in pipe.unet.parameters()) < SMALL_UNET_PARAMS
 
     @contextmanager
     def computing(self) -> Iterator[None]:
-        """Hold the lock and use :meth:`compute_threads` torch threads (what a grid or a research view runs under)."""
+        """Hold the lock and use ``threads`` torch threads, if set (what a grid or a research view runs under)."""
         from .patching import torch_threads
 
         with self.lock:
-            with torch_threads(self.compute_threads()):
+            with torch_threads(self.threads):
                 yield
 
     # --- ControlNet ------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@
 | ``TAD_MAX_UPLOAD_MB`` | 2048 | largest upload (a full SD checkpoint is ~4 GB in fp32, 2 GB in fp16) |
 | ``TAD_WORK_DIR`` | ``$TMPDIR/tad_app`` | run folders and the lazily cached examples |
 | ``TAD_DEVICE`` | auto | ``cpu``/``cuda``/``cuda:1`` |
-| ``TAD_TORCH_THREADS`` | 0 (auto) | torch threads while generating (auto: 1 for small models, else torch's default) |
+| ``TAD_TORCH_THREADS`` | 0 | torch CPU threads while generating (0: torch's default, one per core) |
 """
 
 from __future__ import annotations

@@ -198,20 +198,21 @@ def test_cancel_stops_and_restores_weights(tiny_world, models):
     assert not models.lock._is_owned(), "the model lock is released"
 
 
-def test_small_models_generate_with_one_torch_thread(tiny_world):
-    """Tiny UNets are op-overhead bound: auto picks 1 thread while denoising; an explicit setting wins; the
-    caller's thread count is back afterwards."""
+def test_models_threads_setting_holds_while_generating(tiny_world):
+    """TAD_TORCH_THREADS (Models.threads) is what the denoising runs with; the caller's count is back afterwards;
+    a small UNet on CPU runs its traced forward (tad_demo/fast_unet.py)."""
     spec = toy_world_spec(tiny_world, object=None, style="striped", seeds=[1], steps=2)
     prev = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        for threads, expected in ((None, 1), (2, 2)):
+        for threads, expected in ((None, 2), (1, 1)):
             seen: set[int] = set()
             m = Models(device="cpu", threads=threads)
             run_grid(spec, models=m, progress=lambda s, i, n, seen=seen: s.startswith("denoising") and seen.add(
                 torch.get_num_threads()))
             assert seen == {expected}
             assert torch.get_num_threads() == 2
+            assert m.pipe.unet.forward.calls["traced"] == 2 * 3  # steps × (3 columns: striped ablate/0/enhance)
     finally:
         torch.set_num_threads(prev)
 

@@ -184,14 +184,38 @@ class SweepResult:
         return {"csv": out / "sweep.csv", "plot": self.plot(out / "sweep.png")}
 
 
-def run_sweep(lab: Lab, concept: str, lambdas: Sequence[float], controls: Sequence[str] | None = None,
-              n_prompts: int | None = 8, seeds: Sequence[int] | None = None, prompt_seed: int = DEFAULT_SEED,
-              progress: ProgressFn | None = None) -> SweepResult:
-    """Generate the same prompts and seeds under θ_base + λ·τ(concept) for each λ and measure every concept.
+@dataclass
+class SweepPlan:
+    """What a sweep generates for every λ: one batch with each role's prompts, all on the same seeds."""
 
-    ``controls`` default to :func:`default_controls`; the concept's anchor is always measured (role "anchor").
-    """
-    # 1. check the request before loading anything
+    concept: str
+    lambdas: list[float]
+    roles: dict[str, str]           # concept → target | anchor | control, in batch order
+    prompts: dict[str, list[str]]   # concept → its prompts
+    seeds: list[int]                # the seeds of each concept's images
+    vector: Any                     # τ(concept)
+
+    @property
+    def batch(self) -> tuple[list[str], list[int]]:
+        """Prompts and seeds of one λ's batch: the roles one after the other."""
+        return [p for n in self.roles for p in self.prompts[n]], self.seeds * len(self.roles)
+
+    def combo(self, lam: float) -> list[tuple[Any, float]]:
+        """The weights of λ: θ_base + λ·τ (λ = 0 is the unpatched base)."""
+        return [(self.vector, lam)] if lam else []
+
+    def measure(self, lab: Lab, lam: float, feats: Any) -> list[dict[str, Any]]:
+        """One row per concept from the CLIP features of a λ's batch (in :attr:`batch` order)."""
+        n = len(self.seeds)
+        return [{"lambda": lam, "concept": name, "role": role,
+                 **concept_metrics(lab, feats[j * n:(j + 1) * n], name, extra=list(self.roles))}
+                for j, (name, role) in enumerate(self.roles.items())]
+
+
+def plan_sweep(lab: Lab, concept: str, lambdas: Sequence[float], controls: Sequence[str] | None = None,
+               n_prompts: int | None = 8, seeds: Sequence[int] | None = None,
+               prompt_seed: int = DEFAULT_SEED) -> SweepPlan:
+    """Check a sweep request (before loading anything) and plan its batches; builds τ(concept) last."""
     lab.concept(concept)
     lambdas = check_lambdas(lambdas)
     seeds = seeds_for(n_prompts, seeds)
@@ -200,27 +224,34 @@ def run_sweep(lab: Lab, concept: str, lambdas: Sequence[float], controls: Sequen
     roles = {concept: "target", **({anchor: "anchor"} if anchor else {})}
     roles.update({c: "control" for c in controls if c not in roles})
     prompts = {n: lab.prompts(n, len(seeds), prompt_seed) for n in roles}
-    all_prompts = [p for n in roles for p in prompts[n]]
-    all_seeds = seeds * len(roles)
-    tv = lab.vector(concept)
+    return SweepPlan(concept, lambdas, roles, prompts, seeds, lab.vector(concept))
 
-    # 2. one batch per λ (λ = 0 is the unpatched base)
-    rows = []
-    for i, lam in enumerate(lambdas):
+
+def run_sweep(lab: Lab, concept: str, lambdas: Sequence[float], controls: Sequence[str] | None = None,
+              n_prompts: int | None = 8, seeds: Sequence[int] | None = None, prompt_seed: int = DEFAULT_SEED,
+              progress: ProgressFn | None = None) -> SweepResult:
+    """Generate the same prompts and seeds under θ_base + λ·τ(concept) for each λ and measure every concept.
+
+    ``controls`` default to :func:`default_controls`; the concept's anchor is always measured (role "anchor").
+    """
+    # 1. check the request before loading anything, then plan the batches
+    plan = plan_sweep(lab, concept, lambdas, controls, n_prompts, seeds, prompt_seed)
+    batch_prompts, batch_seeds = plan.batch
+
+    # 2. one batch per λ (bench/bench_sweep.py measures it against one pipeline call per image)
+    rows: list[dict[str, Any]] = []
+    for i, lam in enumerate(plan.lambdas):
         if progress:
-            progress(f"λ = {lam:g}", i, len(lambdas))
-        images = lab.generate(all_prompts, all_seeds, [(tv, lam)] if lam else [])
-        feats = lab.scorer.image_features(images)
+            progress(f"λ = {lam:g}", i, len(plan.lambdas))
+        images = lab.generate(batch_prompts, batch_seeds, plan.combo(lam))
         # 3. slice the batch per concept and measure
-        for j, (name, role) in enumerate(roles.items()):
-            part = feats[j * len(seeds):(j + 1) * len(seeds)]
-            rows.append({"lambda": lam, "concept": name, "role": role,
-                         **concept_metrics(lab, part, name, extra=list(roles))})
-        log.info("λ=%g: %s", lam, {r["concept"]: round(r["clip_accuracy"], 3) for r in rows[-len(roles):]})
+        rows += plan.measure(lab, lam, lab.scorer.image_features(images))
+        log.info("λ=%g: %s", lam, {r["concept"]: round(r["clip_accuracy"], 3) for r in rows[-len(plan.roles):]})
     if progress:
-        progress("done", len(lambdas), len(lambdas))
-    return SweepResult(concept=concept, lambdas=lambdas, rows=rows, prompts=prompts, seeds=seeds, steps=lab.steps,
-                       roles=roles, anchors={n: a for n in roles if (a := lab.anchor_of(n))})
+        progress("done", len(plan.lambdas), len(plan.lambdas))
+    return SweepResult(concept=concept, lambdas=plan.lambdas, rows=rows, prompts=plan.prompts, seeds=plan.seeds,
+                       steps=lab.steps, roles=plan.roles,
+                       anchors={n: a for n in plan.roles if (a := lab.anchor_of(n))})
 
 
 # --- command line --------------------------------------------------------------------------------------------

@@ -262,9 +262,10 @@ class ResearchService:
         with research_errors("adaptive"):
             report = self._reporter(progress, cancel, "loading the model")
             lab.pipe  # noqa: B018 - load before the long step so the progress bar says which stage runs
-            report(f"base + {p} candidates from step {t_switch}, then the final images", 0, 2)
-            sel = select(lab, prompt, names, t_switch=t_switch, alpha=alpha, seeds=seed_list, top_k=top_k)
-            report("saving", 1, 2)
+            sel = select(lab, prompt, names, t_switch=t_switch, alpha=alpha, seeds=seed_list, top_k=top_k,
+                         on_step=lambda i, n: report(f"base + {p} candidates from step {t_switch}, then the final "
+                                                     f"images: denoising step {i}/{n}", i, n))
+            report("saving", 1, 1)
             files = save_selection(sel, self._new_dir("adaptive"))
         headers = ["rank", "vector", "similarity (mean)", "chosen", "λ",
                    *(f"similarity seed {x}" for x in sel.seeds)]

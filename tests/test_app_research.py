@@ -163,6 +163,35 @@ def test_cancel_stops_between_stages_and_restores_the_weights(research):
     assert not research.models.patcher or not research.models.patcher.current
 
 
+def test_cancel_stops_adaptive_within_a_step_inside_a_patched_branch(research):
+    """One adaptive call is long (base, N candidates, final): Cancel acts after the current denoising step, also
+    while a candidate's weights are applied, and leaves the base weights and a free lock."""
+    import hashlib
+
+    research.adaptive("a smiley", ["smiley", "striped"], t_switch=1, steps=4, seeds="0")  # loads the model
+    unet = research.models.pipe.unet
+
+    def digest() -> str:
+        return hashlib.sha256(b"".join(v.numpy().tobytes() for v in unet.state_dict().values())).hexdigest()
+
+    before, stages = digest(), []
+
+    def progress(stage, i, n):
+        stages.append((stage, i, n))
+
+    def cancel():  # after the base's 4 steps and 2 of the first candidate's 3 (it switched in at step 1)
+        return sum("denoising step" in s for s, _, _ in stages) >= 6
+
+    with pytest.raises(gr.Error, match="cancelled"):
+        research.adaptive("a smiley", ["smiley", "striped"], t_switch=1, steps=4, seeds="0", progress=progress,
+                          cancel=cancel)
+    steps = [(i, n) for s, i, n in stages if "denoising step" in s]
+    assert steps == [(i, 4 + 2 * 3 + 4) for i in range(1, 7)], steps  # stopped at the first check after step 6
+    assert digest() == before and not research.models.patcher.current
+    assert research.models.lock.acquire(timeout=5)
+    research.models.lock.release()
+
+
 def test_output_folders_are_bounded(research):
     for _ in range(4):
         research._new_dir("probe")

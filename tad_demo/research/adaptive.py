@@ -38,7 +38,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,14 @@ class Counter:
 
     calls: int = 0
     image_steps: int = 0
+    on_call: Callable[[Counter], None] | None = field(default=None, repr=False, compare=False)  # progress/cancel
+
+    def tick(self, rows: int) -> None:
+        """One UNet call over ``rows`` samples (``on_call`` may raise to stop the run)."""
+        self.calls += 1
+        self.image_steps += rows
+        if self.on_call is not None:
+            self.on_call(self)
 
     def as_dict(self) -> dict[str, int]:
         return {"unet_calls": self.calls, "image_steps": self.image_steps}
@@ -136,8 +144,7 @@ class Denoiser:
                 # 2. the UNet under the weights the patcher holds now
                 noise = self.pipe.unet(inp, t, encoder_hidden_states=embeds, timestep_cond=None,
                                        cross_attention_kwargs=None, added_cond_kwargs=None, return_dict=False)[0]
-                self.counter.calls += 1
-                self.counter.image_steps += len(latents)
+                self.counter.tick(len(latents))
                 # 3. guidance
                 if self.cfg:
                     uncond, text = noise.chunk(2)
@@ -288,11 +295,14 @@ class Selection:
 
 def select(lab: Lab, prompt: str | Sequence[str], pool: Sequence[str], *, t_switch: int, alpha: float,
            seeds: Sequence[int], top_k: int | None = None, threshold: float | None = None,
-           lambdas: float | Mapping[str, float] = 1.0, lookahead: int | None = None) -> Selection:
+           lambdas: float | Mapping[str, float] = 1.0, lookahead: int | None = None,
+           on_step: Callable[[int, int], None] | None = None) -> Selection:
     """Rank ``pool`` for ``prompt`` by how far each θ₀ + α·τ (from step ``t_switch`` of ``lab.steps``) moves the
     image, choose the top ``top_k`` and/or those with mean similarity < ``threshold`` (both: both must hold), and
     generate the final images with the chosen vectors at ``lambdas`` (λ = +1 ablates). ``lookahead=m`` scores
-    candidates by their predicted x₀ after m steps instead of finishing them (cheaper; see auc_table)."""
+    candidates by their predicted x₀ after m steps instead of finishing them (cheaper; see auc_table).
+    ``on_step(done, total)`` runs after every denoising step (UNet call); raising from it stops the selection
+    with the weights restored (the app's Cancel)."""
     t0 = time.time()
     # 0. check everything before any model work
     pool = _check_pool(lab, pool)
@@ -318,7 +328,11 @@ def select(lab: Lab, prompt: str | Sequence[str], pool: Sequence[str], *, t_swit
     check_lambdas(list(lam.values()), "lambdas")
 
     # 1–3. base once, candidates from the shared prefix, CLIP similarity to the base
-    br = explore(lab, prompts, seeds, pool, [t_switch], [alpha], [method], keep_images=True)
+    T = lab.steps
+    branch = 0 if t_switch >= T else (T - t_switch if method == FULL else min(method, T - t_switch))
+    total = math.ceil(len(seeds) / BATCH) * (T + len(pool) * branch) + T  # + the final images (one batch ≤ 32)
+    counter = Counter(on_call=(lambda c: on_step(c.calls, total)) if on_step else None)
+    br = explore(lab, prompts, seeds, pool, [t_switch], [alpha], [method], keep_images=True, counter=counter)
     sims = br.sims[(t_switch, alpha, method)]
     similarity = {v: [float(x) for x in sims[:, j]] for j, v in enumerate(pool)}
     score = {v: float(sims[:, j].mean()) for j, v in enumerate(pool)}
@@ -329,7 +343,9 @@ def select(lab: Lab, prompt: str | Sequence[str], pool: Sequence[str], *, t_swit
         chosen = [v for v in chosen if score[v] < threshold]
     # 5. the final images with only the chosen vectors (through lab.generate: same images as the grid)
     combo = [(lab.vector(v), lam[v]) for v in chosen]
-    final = lab.generate(prompts, seeds, combo) if combo else list(br.base_images)
+    done = counter.calls
+    final = lab.generate(prompts, seeds, combo, callback=(lambda _b, i, _n: on_step(done + i, total)) if on_step
+                         else None) if combo else list(br.base_images)
     imgs = br.images[(t_switch, alpha, method)]
     return Selection(prompts, seeds, pool, lab.steps, t_switch, alpha, lookahead, similarity, score, ranking, chosen,
                      {v: lam[v] for v in chosen}, br.base_images, {v: imgs[j] for j, v in enumerate(pool)}, final,

@@ -561,10 +561,10 @@ def save_selection(sel: Selection, out: str | Path) -> dict[str, str]:
     _write_csv(out / "ranking.csv", rows)
     cols = [("base", sel.base_images)] + [(f"{v}\ns={sel.scores[v]:.3f}{' ✓' if v in sel.chosen else ''}",
                                            sel.candidate_images[v]) for v in sel.ranking]
-    cols.append(("final: " + (" + ".join(sel.chosen) or "none"), sel.final_images))
+    cols.append(("final\n" + ("+".join(sel.chosen) or "none"), sel.final_images))
     what = f"lookahead {sel.lookahead}" if sel.lookahead else "full"
-    title = (f"{sel.prompts[0]!r}: t_switch {sel.t_switch}/{sel.steps}, α {sel.alpha:g}, {what}; "
-             "candidates ranked, lowest CLIP similarity to the base first")
+    title = (f"{sel.prompts[0]!r}: t_switch {sel.t_switch}/{sel.steps}, α {sel.alpha:g}, {what}\n"
+             "candidates ranked: lowest CLIP similarity to the base first (s), ✓ chosen")
     _strip(out / "strip.png", cols, [f"seed {s}" for s in sel.seeds], title)
     return {"ranking": str(out / "ranking.csv"), "strip": str(out / "strip.png")}
 
@@ -642,7 +642,8 @@ def _strip(path: Path, cols: list[tuple[str, list[Any]]], row_names: list[str], 
     from . import plots
 
     n_r, n_c = len(row_names), len(cols)
-    fig, axes = plots.figure(n_r, n_c, size=(1.45 * n_c, 1.6 * n_r + 0.6))
+    # Large type: the strip is shown shrunk to the page width (and on projectors).
+    fig, axes = plots.figure(n_r, n_c, size=(1.7 * n_c, 1.8 * n_r + 1.1))
     axes = [[axes]] if n_r == n_c == 1 else [axes] if n_r == 1 else [[a] for a in axes] if n_c == 1 else axes
     for c, (name, ims) in enumerate(cols):
         for r in range(n_r):
@@ -651,10 +652,10 @@ def _strip(path: Path, cols: list[tuple[str, list[Any]]], row_names: list[str], 
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(name, fontsize=7)
+                ax.set_title(name, fontsize=13)
             if c == 0:
-                ax.set_ylabel(row_names[r], fontsize=7)
-    fig.suptitle(title, fontsize=8)
+                ax.set_ylabel(row_names[r], fontsize=13)
+    fig.suptitle(title, fontsize=13)
     plots.save(fig, path)
 
 

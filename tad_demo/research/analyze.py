@@ -257,21 +257,23 @@ class AnalysisResult:
         """One heatmap per UNet block (in UNet order), sharing one colour scale."""
         from . import plots
 
+        # Few columns and large labels: the image is shown shrunk to the page width (and on projectors); the
+        # numbers are in pairs.csv, so cells carry them only while they stay readable.
         k = max(1, len(self.blocks))
-        rows = math.ceil(k / 4)
-        cols = math.ceil(k / rows)  # 5 blocks: 2×3, 16 (SD): 4×4
+        cols = min(k, 2 if k <= 6 else 4)  # toy world: 5 blocks in 3 rows of 2; SD: 16 in 4 rows of 4
+        rows = math.ceil(k / cols)
         n = len(self.names)
-        side = 1.4 + 0.5 * n
-        fig, axes = plots.figure(rows, cols, size=(side * cols + 1.0, side * rows + 0.6))
+        side = 1.3 + 0.45 * n
+        fig, axes = plots.figure(rows, cols, size=(side * cols + 1.2, side * rows + 0.8))
         axes = list(axes.flat) if hasattr(axes, "flat") else [axes]
         im = None
         for ax, (block, m) in zip(axes, self.blocks.items()):
-            im = plots.heatmap(ax, m, self.names, title=block, fontsize=7)
+            im = plots.heatmap(ax, m, self.names, title=block, fontsize=12, numbers=n <= 5)
         for ax in axes[len(self.blocks):]:
             ax.set_visible(False)
         if im is not None:
             fig.colorbar(im, ax=axes, shrink=0.6)
-        fig.suptitle("cosine similarity per UNet block (tensors both vectors change)", fontsize=10)
+        fig.suptitle("cosine similarity per UNet block (tensors both vectors change)", fontsize=14)
         return plots.save(fig, path)
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:

@@ -61,9 +61,9 @@ def shade_lambda(ax: Any, lambdas: Sequence[float]) -> None:
 
 def heatmap(ax: Any, matrix: Sequence[Sequence[float]], labels: Sequence[str], title: str = "",
             vmin: float = -1.0, vmax: float = 1.0, cmap: str = "RdBu_r", fmt: str = "{:.2f}",
-            fontsize: float = 8) -> Any:
-    """A square labelled heatmap with the value written in each cell (NaN cells are blank). Returns the image
-    (for a colorbar)."""
+            fontsize: float = 8, numbers: bool = True) -> Any:
+    """A square labelled heatmap with the value written in each cell (``numbers``; NaN cells are blank). Returns
+    the image (for a colorbar)."""
     import numpy as np
 
     m = np.array([[float("nan") if v is None else float(v) for v in row] for row in matrix], dtype=float)
@@ -73,7 +73,7 @@ def heatmap(ax: Any, matrix: Sequence[Sequence[float]], labels: Sequence[str], t
     if title:
         ax.set_title(title, fontsize=fontsize + 2)
     span = (vmax - vmin) or 1.0
-    if len(labels) <= 12:  # numbers stop being readable beyond that
+    if numbers and len(labels) <= 12:  # numbers stop being readable beyond that
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 if math.isfinite(m[i, j]):

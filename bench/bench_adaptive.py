@@ -34,7 +34,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from results_md import write_section  # noqa: E402  (bench/ is on sys.path: run as a script)
+from results_md import publish  # noqa: E402  (bench/ is on sys.path: run as a script)
 
 from tad_demo.research import adaptive  # noqa: E402
 from tad_demo.research.lab import Lab  # noqa: E402
@@ -154,10 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     lab.scorer.image_features(den.decode(den.start.latents))
     results = [measure(lab, n, args.batch, args.alpha, args.lookahead) for n in args.n]
     body = report(results, args, time.time() - t0)
-    print(body)
-    if not args.no_write:
-        write_section(args.out, HEADING, body)
-        print(f"\nwrote {args.out}")
+    publish(args.out, HEADING, body, write=not args.no_write)
 
 
 if __name__ == "__main__":

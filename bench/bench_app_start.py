@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_grid import cpu_name, load_note  # noqa: E402  (shared report helpers)
-from results_md import write_section  # noqa: E402
+from results_md import publish  # noqa: E402
 
 log = logging.getLogger("bench_app_start")
 HEADING = "## App start-up (bench/bench_app_start.py)"
@@ -144,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f" (on a loaded machine; the start itself needed {app_cpu:.2f} s of CPU)" if app_cpu < 0.8 * app
                  else "")]
     md = "\n".join(lines)
-    print("\n" + md + "\n")
-    if not args.no_write:
-        write_section(args.out, HEADING, md)
-        log.info("wrote %s", args.out)
+    publish(args.out, HEADING, md, write=not args.no_write)
     return 0
 
 

@@ -54,7 +54,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from results_md import write_section  # noqa: E402  (bench/ is on sys.path: run as a script)
+from results_md import publish  # noqa: E402  (bench/ is on sys.path: run as a script)
 
 log = logging.getLogger("bench_grid")
 HEADING = "## Grid (bench/bench_grid.py)"
@@ -429,12 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(f"- cold grid (first call of a fresh process after imports): {cold['wall']:.2f} s wall; "
                  f"with imports {cold['wall'] + t_import:.2f} s")
     md = "\n".join(lines)
-    print("\n" + md + "\n")
+    publish(args.out, HEADING, md, write=not args.no_write)
     if prof_text:
         print("cProfile of one warm grid (CPU time, top functions by own time):\n" + prof_text)
-    if not args.no_write:
-        write_section(args.out, HEADING, md)
-        log.info("wrote %s", args.out)
     return 0
 
 

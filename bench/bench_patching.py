@@ -49,7 +49,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from results_md import write_section  # noqa: E402  (bench/ is on sys.path: run as a script)
+from results_md import publish  # noqa: E402  (bench/ is on sys.path: run as a script)
 
 from tad_demo.patching import WeightPatcher  # noqa: E402
 
@@ -501,10 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         header += ["", "Quick mode is dominated by per-op dispatch (~5 µs × (2K + 2) ops on each of 686 tiny tensors): "
                    "its ratios say nothing about the full model."]
     md = report(cases, header)
-    print("\n" + md + "\n")
-    if not args.quick and not args.no_write:
-        write_section(args.out, HEADING, md)
-        log.info("wrote %s", args.out)
+    publish(args.out, HEADING, md, write=not args.quick and not args.no_write)
     return 0
 
 

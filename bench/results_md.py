@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+log = logging.getLogger("bench")
 
 
 def write_section(path: Path, heading: str, body: str) -> None:
@@ -16,3 +19,11 @@ def write_section(path: Path, heading: str, body: str) -> None:
         nxt = text.find("\n## ", start + len(heading))
         text = text[:start] + section + (text[nxt:] if nxt >= 0 else "")
     path.write_text(text)
+
+
+def publish(path: Path, heading: str, body: str, *, write: bool = True) -> None:
+    """Print a bench's report and, unless it is a dry run, put it in its section of ``path``."""
+    print("\n" + body + "\n")
+    if write:
+        write_section(path, heading, body)
+        log.info("wrote %s", path)

@@ -260,7 +260,7 @@ class AnalysisResult:
         # Few columns and large labels: the image is shown shrunk to the page width (and on projectors); the
         # numbers are in pairs.csv, so cells carry them only while they stay readable.
         k = max(1, len(self.blocks))
-        cols = min(k, 2 if k <= 6 else 4)  # toy world: 5 blocks in 3 rows of 2; SD: 16 in 4 rows of 4
+        cols = min(k, 3 if k <= 6 else 4)  # wide, like the app's image box: toy world 5 blocks in 2 rows; SD 16 in 4
         rows = math.ceil(k / cols)
         n = len(self.names)
         side = 1.3 + 0.45 * n

@@ -34,7 +34,7 @@ from .grid import Cancelled, GridError
 from .merge_methods import METHODS
 from .metrics import ClipUnavailable
 from .models import ModelError
-from .research.lab import Lab, LabError
+from .research.lab import Lab, LabError, check_lambdas
 from .service import Service, refuse, user_errors
 from .task_vector import TaskVectorError
 
@@ -315,26 +315,15 @@ class ResearchService:
 
     def _lambda_list(self, text: Any) -> list[float]:
         """1 … MAX_LAMBDAS distinct finite λ within ±max_lambda, sorted (a line plot over λ)."""
-        lim = self.settings.max_lambda
         items = list(text) if isinstance(text, (list, tuple)) else re.split(r"[,;\s]+", str(text or "").strip())
         items = [x for x in items if str(x).strip()]
         if not 1 <= len(items) <= MAX_LAMBDAS:
             raise refuse(f"λ list: give 1 to {MAX_LAMBDAS} values separated by commas, got {len(items)}")
-        out = []
-        for x in items:
-            try:
-                v = float(x)
-            except (TypeError, ValueError):
-                raise refuse(f"λ list: {x!r} is not a number") from None
-            if not math.isfinite(v):
-                raise refuse(f"λ list: {x!r} is not a finite number")
-            if not -lim <= v <= lim:
-                raise refuse(f"λ list: {v:g} is outside [{-lim:g}, {lim:g}] (λ>0 ablates, 0 is the base, λ<0 "
-                             "enhances; TAD_MAX_LAMBDA)")
-            if v in out:
-                raise refuse(f"λ list: {v:g} is given twice")
-            out.append(v)
-        return sorted(out)
+        try:
+            return sorted(check_lambdas(items, "λ list", self.settings.max_lambda, distinct=True,
+                                        hint=" (λ>0 ablates, 0 is the base, λ<0 enhances; TAD_MAX_LAMBDA)"))
+        except LabError as e:
+            raise refuse(str(e)) from None
 
     def _steps(self, steps: Any) -> int | None:
         if steps is None or steps == "":

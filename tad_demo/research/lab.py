@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -155,16 +156,22 @@ class Lab:
         return out
 
 
-def check_lambdas(values: Sequence[float], what: str = "lambdas", limit: float = 100.0) -> list[float]:
-    """Finite λ values within ±limit, else a LabError naming the value."""
-    out = []
+def check_lambdas(values: Sequence[Any], what: str = "lambdas", limit: float = 100.0, *, hint: str = "",
+                  distinct: bool = False) -> list[float]:
+    """Finite λ values within ±limit (each once if ``distinct``), else a LabError naming the value; ``hint`` is
+    appended to the out-of-range message. The one λ-list check of the CLI, the library and the app."""
+    out: list[float] = []
     for v in values:
         try:
             f = float(v)
         except (TypeError, ValueError):
             raise LabError(f"{what}: {v!r} is not a number") from None
-        if not (-limit <= f <= limit):
-            raise LabError(f"{what}: {v!r} is outside [-{limit:g}, {limit:g}]")
+        if not math.isfinite(f):
+            raise LabError(f"{what}: {v!r} is not a finite number")
+        if not -limit <= f <= limit:
+            raise LabError(f"{what}: {f:g} is outside [{-limit:g}, {limit:g}]{hint}")
+        if distinct and f in out:
+            raise LabError(f"{what}: {f:g} is given twice")
         out.append(f)
     if not out:
         raise LabError(f"{what}: give at least one value")

@@ -36,6 +36,19 @@ def test_ablate_writes_a_kv_checkpoint_that_loads_as_a_vector(tiny_pipeline_dir,
     assert sorted(live.keys()) == sorted(tv.keys()) and abs(live.norm() - tv.norm()) < 1e-6 * tv.norm()
 
 
+def test_keep_prompts_add_preserved_images(tiny_pipeline_dir, tmp_path, capsys):
+    keep = tmp_path / "keep.txt"
+    keep.write_text("a cross in plain style\n\na heart in dotted style\n")
+    out = tmp_path / "smiley.safetensors"
+    assert main(["ablate", "--base", str(tiny_pipeline_dir), "--concept", "smiley", "--anchor", "circle",
+                 "--out", str(out), "--steps", "2", "--n-anchor", "2", "--batch", "2", "--gen-steps", "2",
+                 "--keep-prompts", str(keep), "--n-keep", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["preserved_images"] == 2 + 3  # the anchor images and 3 images of the 2 kept prompts
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["keep_prompts"] == f"{keep} (3 images)"
+
+
 @pytest.mark.parametrize("flags, needle", [
     (["--base", "{tmp}/nowhere", "--concept", "smiley", "--anchor", "circle"], "--base '{tmp}/nowhere' not found"),
     (["--base", "{pipe}", "--concept", " ", "--anchor", "circle"], "--concept is empty"),
@@ -44,10 +57,19 @@ def test_ablate_writes_a_kv_checkpoint_that_loads_as_a_vector(tiny_pipeline_dir,
     (["--base", "{pipe}", "--concept", "a", "--anchor", "b", "--steps", "0"], "--steps 0"),
     (["--base", "{pipe}", "--concept", "a", "--anchor", "b", "--lr", "nan"], "--lr nan"),
     (["--base", "{toy}/base", "--concept", "zebra", "--anchor", "circle"], "--concept 'zebra' is not a toy-world"),
+    (["--base", "{pipe}", "--concept", "a", "--anchor", "b", "--keep-prompts", "{tmp}/no.txt"],
+     "--keep-prompts '{tmp}/no.txt' not found"),
+    (["--base", "{pipe}", "--concept", "a", "--anchor", "b", "--keep-prompts", "{tmp}/empty.txt"],
+     "--keep-prompts '{tmp}/empty.txt' has no prompts"),
+    (["--base", "{pipe}", "--concept", "smiley", "--anchor", "b", "--keep-prompts", "{tmp}/self.txt"],
+     "'a smiley in plain style' names the concept 'smiley'"),
+    (["--base", "{pipe}", "--concept", "a", "--anchor", "b", "--n-keep", "0"], "--n-keep 0"),
 ])
 def test_bad_inputs_give_one_line_errors(tiny_pipeline_dir, tmp_path, capsys, flags, needle):
     (tmp_path / "toy" / "base").mkdir(parents=True)  # a toy-world layout: base/ next to world.json
     (tmp_path / "toy" / "world.json").write_text("{}")
+    (tmp_path / "empty.txt").write_text("\n")
+    (tmp_path / "self.txt").write_text("a heart\na smiley in plain style\n")
     fill = {"tmp": str(tmp_path), "pipe": str(tiny_pipeline_dir), "toy": str(tmp_path / "toy")}
     argv = ["ablate", *(f.format(**fill) for f in flags), "--out", str(tmp_path / "x.safetensors")]
     assert main(argv) == 2

@@ -87,7 +87,8 @@ def prompt_pairs(concept: str, anchor: str, kind: str, n: int, seed: int = 0, to
 
 def check_inputs(base: str, concept: str, anchor: str, out: str, *, kind: str | None, steps: int, lr: float,
                  params: str, n_anchor: int, batch: int, force: bool, prompts_file: str | None,
-                 keep_weight: float = 1.0, guidance: float | None = None, gen_steps: int | None = None) -> str:
+                 keep_weight: float = 1.0, guidance: float | None = None, gen_steps: int | None = None,
+                 keep_prompts_file: str | None = None, n_keep: int | None = None) -> str:
     """Step 1: raise AblateError on the first bad input; returns the kind (object/style)."""
     if not isinstance(concept, str) or not concept.strip():
         raise AblateError("--concept is empty; name the concept to ablate (e.g. 'snoopy')")
@@ -132,14 +133,26 @@ def check_inputs(base: str, concept: str, anchor: str, out: str, *, kind: str | 
             raise AblateError("--prompts is for real models; the toy world's prompts are its own captions")
     if prompts_file is not None and not Path(prompts_file).is_file():
         raise AblateError(f"--prompts {prompts_file!r} not found")
+    if keep_prompts_file is not None:
+        if not Path(keep_prompts_file).is_file():
+            raise AblateError(f"--keep-prompts {keep_prompts_file!r} not found")
+        if keep_weight <= 0:
+            raise AblateError("--keep-prompts needs --keep-weight > 0 (the preservation term is off at 0)")
+        lines = read_prompts(keep_prompts_file, None, kind or "object", "--keep-prompts")
+        bad = next((ln for ln in lines if concept.strip() in ln.split()), None)
+        if bad is not None:  # keeping the concept's own prediction would fight the ablation
+            raise AblateError(f"--keep-prompts {keep_prompts_file!r}: {bad!r} names the concept {concept!r}")
+    if n_keep is not None and (isinstance(n_keep, bool) or not isinstance(n_keep, int) or n_keep < 1):
+        raise AblateError(f"--n-keep {n_keep!r} is not an integer ≥ 1")
     return kind or "object"
 
 
-def read_prompts(path: str, anchor: str, kind: str) -> list[str]:
+def read_prompts(path: str, anchor: str | None, kind: str, flag: str = "--prompts") -> list[str]:
+    """Non-empty lines of a prompts file; for object anchor prompts (``anchor`` given) each must name the anchor."""
     lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
     if not lines:
-        raise AblateError(f"--prompts {path!r} has no prompts (one per line)")
-    if kind == "object":
+        raise AblateError(f"{flag} {path!r} has no prompts (one per line)")
+    if kind == "object" and anchor is not None:
         bad = next((ln for ln in lines if anchor not in ln), None)
         if bad is not None:
             raise AblateError(f"--prompts {path!r}: {bad!r} does not contain the anchor {anchor!r} (the target prompt "
@@ -151,10 +164,13 @@ def make_checkpoint(base: str, concept: str, anchor: str, out: str, *, kind: str
                     lr: float | None = None, params: str = "kv", n_anchor: int | None = None, batch: int = 4,
                     keep_weight: float = 1.0, gen_steps: int | None = None, guidance: float | None = None,
                     seed: int = 0, device: str | None = None, prompts_file: str | None = None,
+                    keep_prompts_file: str | None = None, n_keep: int | None = None,
                     force: bool = False) -> dict[str, Any]:
     """Fine-tune ``base`` to ablate ``concept`` into ``anchor`` and save the touched tensors' weights to ``out``
     (see the module docstring for the recipe). Defaults: the toy world lr 2e-3, 32 anchor images; other bases
-    Kumari's lr (2e-6 × batch 4 = 8e-6) and 200 anchor images. Returns what was done, with timings."""
+    Kumari's lr (2e-6 × batch 4 = 8e-6) and 200 anchor images. ``keep_prompts_file``: more prompts whose
+    predictions the preservation term keeps at the base's (``n_keep`` images, default as many as anchor images),
+    beyond Kumari's anchor prompts: less collateral damage on those concepts. Returns what was done, with timings."""
     base, out = str(base), str(out)
     world_dir = toy_world_of(base)  # the toy world: its captions, its sampling defaults
     lr = (2e-3 if world_dir else 8e-6) if lr is None else lr
@@ -162,7 +178,8 @@ def make_checkpoint(base: str, concept: str, anchor: str, out: str, *, kind: str
     # 1. inputs
     kind = check_inputs(base, concept, anchor, out, kind=kind, steps=steps, lr=lr, params=params,
                         n_anchor=n_anchor, batch=batch, force=force, prompts_file=prompts_file,
-                        keep_weight=keep_weight, guidance=guidance, gen_steps=gen_steps)
+                        keep_weight=keep_weight, guidance=guidance, gen_steps=gen_steps,
+                        keep_prompts_file=keep_prompts_file, n_keep=n_keep)
     import torch
     from diffusers import DDPMScheduler
 
@@ -193,6 +210,7 @@ def make_checkpoint(base: str, concept: str, anchor: str, out: str, *, kind: str
 
     # 3. prompt pairs
     user_prompts = read_prompts(prompts_file, anchor, kind) if prompts_file else None
+    extra_keep = read_prompts(keep_prompts_file, None, kind, "--keep-prompts") if keep_prompts_file else []
     anchor_prompts, target_prompts = prompt_pairs(concept, anchor, kind, n_anchor, seed, toy=world_dir is not None,
                                                   prompts=user_prompts)
     log.info("e.g. anchor %r -> target %r", anchor_prompts[0], target_prompts[0])
@@ -201,14 +219,21 @@ def make_checkpoint(base: str, concept: str, anchor: str, out: str, *, kind: str
     t1 = time.perf_counter()
     latents = torch.stack(sample(pipe, anchor_prompts, [seed + i for i in range(n_anchor)], steps=gen_steps,
                                  guidance=guidance, batch_size=8, output_type="latent"))
+    keep_prompts, keep_latents = list(anchor_prompts), latents
+    if extra_keep:  # preserved prompts' own images, from seeds after the anchor images'
+        n_keep = n_keep or n_anchor
+        more = [extra_keep[i % len(extra_keep)] for i in range(n_keep)]
+        extra = torch.stack(sample(pipe, more, [seed + n_anchor + i for i in range(n_keep)], steps=gen_steps,
+                                   guidance=guidance, batch_size=8, output_type="latent"))
+        keep_prompts, keep_latents = keep_prompts + more, torch.cat([latents, extra])
     t_gen = time.perf_counter() - t1
-    log.info("sampled %d anchor latents in %.1f s", n_anchor, t_gen)
+    log.info("sampled %d anchor (+%d preserved) latents in %.1f s", n_anchor, len(keep_prompts) - n_anchor, t_gen)
 
-    # 5. fine-tune with Kumari's objective (+ preservation of the anchor's own prompts)
+    # 5. fine-tune with Kumari's objective (+ preservation of the anchor's own prompts and --keep-prompts)
     t2 = time.perf_counter()
     next_batch = paired_batches(latents, target_prompts, anchor_prompts, batch, seed=seed,
-                                keep_latents=latents if keep_weight > 0 else None,
-                                keep_prompts=anchor_prompts if keep_weight > 0 else None)
+                                keep_latents=keep_latents if keep_weight > 0 else None,
+                                keep_prompts=keep_prompts if keep_weight > 0 else None)
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     weights = ablate(pipe.unet, prompt_encoder(pipe), noise_sched, next_batch, steps=steps, lr=lr, mode=params,
                      keep_weight=keep_weight, seed=seed, log_every=max(1, steps // 10))
@@ -222,11 +247,13 @@ def make_checkpoint(base: str, concept: str, anchor: str, out: str, *, kind: str
             "params": params, "steps": steps, "lr": lr, "batch": batch, "keep_weight": keep_weight,
             "n_anchor": n_anchor, "gen_steps": gen_steps, "guidance": guidance, "seed": seed,
             "prompts": "toy-world captions" if world_dir else (prompts_file or "templates"),
+            "keep_prompts": f"{keep_prompts_file} ({len(keep_prompts) - n_anchor} images)" if extra_keep else "anchor",
             "base": base, "base_sha256": base_hash, "made_by": "python -m tad_demo ablate"}
     save_weights(weights, out, meta)
     return {"out": out, "concept": concept, "anchor": anchor, "kind": kind, "device": str(dev),
             "tensors": len(weights), "params": sum(v.numel() for v in weights.values()), "delta_norm": delta_norm,
             "example_anchor_prompt": anchor_prompts[0], "example_target_prompt": target_prompts[0],
+            "preserved_images": len(keep_prompts) if keep_weight > 0 else 0,
             "base_sha256": base_hash, "seconds_generate": t_gen, "seconds_train": t_train,
             "seconds_total": time.perf_counter() - t0}
 
@@ -238,7 +265,8 @@ def cmd_ablate(args: Any) -> dict[str, Any]:
                            lr=args.lr, params=args.params, n_anchor=args.n_anchor, batch=args.batch,
                            keep_weight=args.keep_weight, gen_steps=args.gen_steps, guidance=args.guidance,
                            seed=args.seed, device=None if args.device == "auto" else args.device,
-                           prompts_file=args.prompts, force=args.force)
+                           prompts_file=args.prompts, keep_prompts_file=args.keep_prompts, n_keep=args.n_keep,
+                           force=args.force)
 
 
 def print_ablate(result: dict[str, Any]) -> None:
@@ -277,6 +305,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--gen-steps", type=int, help="sampling steps for anchor images (default: toy world 20, SD 50)")
     p.add_argument("--guidance", type=float, help="guidance for anchor images (default: toy world 5, SD 6)")
     p.add_argument("--prompts", help="file of anchor prompts, one per line (objects: each contains the anchor word)")
+    p.add_argument("--keep-prompts", help="file of prompts to preserve, one per line (e.g. other concepts the "
+                   "ablation should not touch): their predictions are kept at the base's, next to the anchor's")
+    p.add_argument("--n-keep", type=int, help="images sampled for --keep-prompts (default: as many as --n-anchor)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--force", action="store_true", help="overwrite --out")

@@ -62,7 +62,7 @@ TARGET_RATIO = 1.10
 TARGET_WALL = 5.0
 
 
-# --- shared report helpers (bench_app_start.py imports these) ---------------------------------------------------
+# --- shared report helpers (bench_app_start, bench_patching and bench_sweep import these) -----------------------------
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

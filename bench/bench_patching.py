@@ -35,7 +35,6 @@ import ctypes
 import gc
 import json
 import logging
-import platform
 import random
 import resource
 import shlex
@@ -52,6 +51,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench_grid import cpu_name  # noqa: E402  (the benches' shared report helpers)
 from results_md import publish  # noqa: E402  (bench/ is on sys.path: run as a script)
 
 from tad_demo.patching import WeightPatcher  # noqa: E402
@@ -94,16 +94,6 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
         pass
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def timed(fn: Callable[[], object]) -> float:

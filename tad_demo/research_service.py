@@ -21,9 +21,7 @@ import contextlib
 import logging
 import math
 import re
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from .merge_methods import METHODS
 from .metrics import ClipUnavailable
 from .models import ModelError
 from .research.lab import Lab, LabError, check_lambdas
-from .service import Service, refuse, user_errors
+from .service import Service, new_run_dir, refuse, user_errors
 from .task_vector import TaskVectorError
 
 log = logging.getLogger(__name__)
@@ -379,16 +377,7 @@ class ResearchService:
 
     def _new_dir(self, view: str) -> Path:
         """A fresh output folder; old ones go as the grid's run folders do (TTL, then the oldest beyond max_runs)."""
-        self.out_root.mkdir(parents=True, exist_ok=True)
-        s = self.settings
-        dirs = sorted((d for d in self.out_root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
-        now = time.time()
-        for i, d in enumerate(dirs):
-            if now - d.stat().st_mtime > s.cache_ttl or len(dirs) - i >= s.max_runs:
-                shutil.rmtree(d, ignore_errors=True)
-        d = self.out_root / f"{view}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        d.mkdir(parents=True)
-        return d
+        return new_run_dir(self.out_root, self.settings, prefix=f"{view}-")
 
 
 def _default_expression(objs: Sequence[str], stys: Sequence[str]) -> str:

@@ -706,19 +706,7 @@ class Service:
         return out
 
     def _new_run_dir(self) -> Path:
-        self._prune()
-        d = self.runs_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        d.mkdir(parents=True)
-        return d
-
-    def _prune(self) -> None:
-        """Bound the run folders: drop those older than the TTL, then the oldest beyond ``max_runs``."""
-        s = self.settings
-        dirs = sorted((d for d in self.runs_dir.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
-        now = time.time()
-        for i, d in enumerate(dirs):
-            if now - d.stat().st_mtime > s.cache_ttl or len(dirs) - i >= s.max_runs:
-                shutil.rmtree(d, ignore_errors=True)
+        return new_run_dir(self.runs_dir, self.settings)
 
     # --- examples ------------------------------------------------------------------------------------------
     def example_rows(self) -> list[dict[str, Any]]:
@@ -971,3 +959,15 @@ def metrics_note(spec: Mapping[str, Any]) -> str:
             f"CLIP model: `{_short(clip, 80)}`.")
 
 
+def new_run_dir(root: Path, settings: Settings, prefix: str = "") -> Path:
+    """A fresh, uniquely named folder in ``root``, after bounding the folders there: those older than the TTL
+    go, then the oldest beyond ``max_runs`` (grid runs and research views alike)."""
+    root.mkdir(parents=True, exist_ok=True)
+    dirs = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
+    now = time.time()
+    for i, d in enumerate(dirs):
+        if now - d.stat().st_mtime > settings.cache_ttl or len(dirs) - i >= settings.max_runs:
+            shutil.rmtree(d, ignore_errors=True)
+    d = root / f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    d.mkdir(parents=True)
+    return d

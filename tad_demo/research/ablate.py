@@ -138,10 +138,6 @@ def check_inputs(base: str, concept: str, anchor: str, out: str, *, kind: str | 
             raise AblateError(f"--keep-prompts {keep_prompts_file!r} not found")
         if keep_weight <= 0:
             raise AblateError("--keep-prompts needs --keep-weight > 0 (the preservation term is off at 0)")
-        lines = read_prompts(keep_prompts_file, None, kind or "object", "--keep-prompts")
-        bad = next((ln for ln in lines if concept.strip() in ln.split()), None)
-        if bad is not None:  # keeping the concept's own prediction would fight the ablation
-            raise AblateError(f"--keep-prompts {keep_prompts_file!r}: {bad!r} names the concept {concept!r}")
     if n_keep is not None and (isinstance(n_keep, bool) or not isinstance(n_keep, int) or n_keep < 1):
         raise AblateError(f"--n-keep {n_keep!r} is not an integer ≥ 1")
     return kind or "object"
@@ -157,6 +153,16 @@ def read_prompts(path: str, anchor: str | None, kind: str, flag: str = "--prompt
         if bad is not None:
             raise AblateError(f"--prompts {path!r}: {bad!r} does not contain the anchor {anchor!r} (the target prompt "
                               "replaces it)")
+    return lines
+
+
+def read_keep_prompts(path: str, concept: str, kind: str) -> list[str]:
+    """The --keep-prompts file's prompts; none may name the concept (keeping its own prediction would fight the
+    ablation)."""
+    lines = read_prompts(path, None, kind, "--keep-prompts")
+    bad = next((ln for ln in lines if concept.strip() in ln.split()), None)
+    if bad is not None:
+        raise AblateError(f"--keep-prompts {path!r}: {bad!r} names the concept {concept!r}")
     return lines
 
 
@@ -180,6 +186,7 @@ def make_checkpoint(base: str, concept: str, anchor: str, out: str, *, kind: str
                         n_anchor=n_anchor, batch=batch, force=force, prompts_file=prompts_file,
                         keep_weight=keep_weight, guidance=guidance, gen_steps=gen_steps,
                         keep_prompts_file=keep_prompts_file, n_keep=n_keep)
+    extra_keep = read_keep_prompts(keep_prompts_file, concept, kind) if keep_prompts_file else []
     import torch
     from diffusers import DDPMScheduler
 
@@ -210,7 +217,6 @@ def make_checkpoint(base: str, concept: str, anchor: str, out: str, *, kind: str
 
     # 3. prompt pairs
     user_prompts = read_prompts(prompts_file, anchor, kind) if prompts_file else None
-    extra_keep = read_prompts(keep_prompts_file, None, kind, "--keep-prompts") if keep_prompts_file else []
     anchor_prompts, target_prompts = prompt_pairs(concept, anchor, kind, n_anchor, seed, toy=world_dir is not None,
                                                   prompts=user_prompts)
     log.info("e.g. anchor %r -> target %r", anchor_prompts[0], target_prompts[0])

@@ -1,7 +1,7 @@
 """TAD Concept Grid — `python app.py` serves the toy world on http://127.0.0.1:7860 with no download.
 
-Composition root: settings (env vars, see tad_demo/settings.py) → service (validation, models, runs) →
-UI (tad_demo/ui) → one queue → launch. Hugging Face Spaces runs this file as is (SPACE_ID ⇒ hosted mode).
+Composition root: settings (env vars, see tad_demo/app/settings.py) → service (validation, models, runs) →
+UI (tad_demo/app/ui) → one queue → launch. Hugging Face Spaces runs this file as is (SPACE_ID ⇒ hosted mode).
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import logging
 
 import gradio as gr
 
-from tad_demo import ui
-from tad_demo.research_service import ResearchService
-from tad_demo.service import Service
-from tad_demo.settings import Settings
+from tad_demo.app import ui
+from tad_demo.app.research_service import ResearchService
+from tad_demo.app.service import Service
+from tad_demo.app.settings import Settings
 
 log = logging.getLogger("app")
 
@@ -23,7 +23,7 @@ def build(settings: Settings) -> tuple[Service, gr.Blocks]:
     them, with its queue."""
     service = Service(settings)
     demo = ui.create_demo(service, research=ResearchService(service))
-    # One queue for every heavy event; they share concurrency_id="gpu" with a limit of 1 (see tad_demo/ui/demo.py).
+    # One queue for every heavy event; they share concurrency_id="gpu" with a limit of 1 (see tad_demo/app/ui/demo.py).
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
     return service, demo
 

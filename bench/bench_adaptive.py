@@ -70,7 +70,7 @@ def measure(lab: Lab, n: int, batch: int, alpha: float, lookahead: int) -> dict:
     T = lab.steps
     t = T // 2
     pool = POOLS[n]
-    probes = adaptive.toy_probes(pool, batch, seed=1)
+    probes = adaptive.world_probes(lab.world, pool, batch, seed=1)
     prompts, seeds = [p.prompt for p in probes], [p.seed for p in probes]
     for name in pool:
         lab.vector(name)  # build the vectors before timing
@@ -112,7 +112,7 @@ def report(results: list[dict], args: argparse.Namespace, seconds: float) -> str
             lines.append(f"| {r['N']} | {way} | {c.calls} | {c.image_steps} ({c.image_steps / r['B']:g}) | "
                          f"{r['theory'][way]} | {s:.1f} s | {p:.1f} s | **{c0.image_steps / c.image_steps:.2f}×** | "
                          f"{s0 / s:.2f}× | {p0 / p:.2f}× |")
-    lines += ["", "Target (issue): ≥ 2× fewer evaluations at t_switch = T/2 for N ≥ 4."]
+    lines += ["", "Target: ≥ 2× fewer evaluations at t_switch = T/2 for N ≥ 4."]
     for r in results:
         n, T = r["N"], r["T"]
         shared = r["naive"][0].image_steps / r["shared"][0].image_steps
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     t0 = time.time()
-    lab = Lab.toy_world(args.assets, steps=args.steps)
+    lab = Lab.from_world(args.assets, steps=args.steps)
     # warm-up: load everything and run one step, so that no way pays first-call costs
     den = adaptive.Denoiser(lab.pipe, ["a smiley in plain style"], [0], steps=lab.steps, guidance=lab.guidance,
                             height=lab.height, width=lab.width, prompt_cache=lab.models.prompt_cache)

@@ -5,7 +5,7 @@
     python bench/bench_app_start.py --no-write     # only prints
 
 A script, not a timed unit test. Each start is a fresh subprocess (cold Python, warm OS file cache after the first)
-with the environment app.py reads (tad_demo/settings.py): ``GRADIO_SERVER_NAME=127.0.0.1``, a free
+with the environment app.py reads (tad_demo/app/settings.py): ``GRADIO_SERVER_NAME=127.0.0.1``, a free
 ``GRADIO_SERVER_PORT``, a temporary ``TAD_WORK_DIR``, ``HF_HUB_OFFLINE=1`` (nothing may be downloaded at start-up)
 and ``GRADIO_ANALYTICS_ENABLED=False``. Measured: seconds from ``Popen`` to the first HTTP 200 on ``/`` (polled
 every 50 ms), and the CPU time the process used until then (robust to other jobs). Side by side, in the same run

@@ -184,7 +184,7 @@ def naive_loop(spec: Any, models: Any, scorer: Any, *, reload: bool, cells: int)
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from tad_demo.sampling import initial_latents
+    from tad_demo.runtime.sampling import initial_latents
 
     base_pipe = models.pipe
     vectors = {c.name: models.vector(c.source, c.kind, spec.scope) for c in (spec.object, spec.style) if c}
@@ -275,12 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from diffusers.utils import logging as dlogging
 
-    from tad_demo.grid import toy_world_spec
-    from tad_demo.models import Models
-    from tad_demo.patching import torch_threads
+    from tad_demo.core.patching import torch_threads
+    from tad_demo.grid import world_spec
+    from tad_demo.runtime.models import Models
     t_import = time.perf_counter() - t0
     dlogging.disable_progress_bar()
-    spec = toy_world_spec(args.assets, object=args.object, style=args.style, steps=args.steps)
+    spec = world_spec(args.assets, object=args.object, style=args.style, steps=args.steps)
     work = Path(tempfile.mkdtemp(prefix="bench_grid_"))
 
     # 1. cold: a fresh cache

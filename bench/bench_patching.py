@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 from bench_grid import cpu_name  # noqa: E402  (the benches' shared report helpers)
 from results_md import publish  # noqa: E402  (bench/ is on sys.path: run as a script)
 
-from tad_demo.patching import WeightPatcher  # noqa: E402
+from tad_demo.core.patching import WeightPatcher  # noqa: E402
 
 log = logging.getLogger("bench_patching")
 GB = 1e9

@@ -5,7 +5,7 @@
                                                     # writes its section of bench/RESULTS.md
     python bench/bench_sweep.py --quick --no-write  # a dry run: 2 λ, 2 prompts, 1 cycle, only prints
 
-A script, not a timed unit test (issue 5, point 8: "sweep batching as in the grid"). Everything runs in one
+A script, not a timed unit test ("sweep batching as in the grid"). Everything runs in one
 process, on the trained toy world, after a warm-up (one λ of each way: loads the models, builds τ, traces the UNet
 for both batch shapes, fills the prompt and CLIP text caches):
   batched  ``run_sweep(lab, concept, lambdas)`` with its default controls: every λ is one ``lab.generate`` call
@@ -155,17 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from diffusers.utils import logging as dlogging
 
-    from tad_demo.models import Models
     from tad_demo.research.lab import Lab
     from tad_demo.research.sweep import plan_sweep
-    from tad_demo.sampling import sample
+    from tad_demo.runtime.models import Models
+    from tad_demo.runtime.sampling import sample
 
     dlogging.disable_progress_bar()
     if args.threads:
         torch.set_num_threads(args.threads)  # CLIP too, not only generation (Models.computing)
     threads = args.threads or torch.get_num_threads()
     kw = {"steps": args.steps} if args.steps else {}
-    lab = Lab.toy_world(args.assets, models=Models(device="cpu", threads=args.threads or None), **kw)
+    lab = Lab.from_world(args.assets, models=Models(device="cpu", threads=args.threads or None), **kw)
 
     # 1. the plan (what both ways generate) and a warm-up of both ways on one λ (ablating, so the patcher's
     #    backups are made): models, τ, UNet traces of both batch shapes, prompt and CLIP text caches
@@ -215,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     theory = {"batched": len(plan.lambdas) * math.ceil(per_lam / batch_size) * steps,
               "naive": n_images * steps}
     fast = lab.pipe.unet.__dict__.get("forward")
-    forward = (f"traced UNet forward (tad_demo/fast_unet.py; {fast.calls['traced']} traced, {fast.calls['eager']} "
-               "eager calls in this process)" if hasattr(fast, "calls") else "diffusers' eager UNet forward")
+    forward = (f"traced UNet forward (tad_demo/runtime/fast_unet.py; {fast.calls['traced']} traced, "
+               f"{fast.calls['eager']} eager calls in this process)" if hasattr(fast, "calls")
+               else "diffusers' eager UNet forward")
 
     # 4. report
     cmd = shlex.join(["python", "bench/bench_sweep.py", *(sys.argv[1:] if argv is None else argv)])

@@ -1,19 +1,21 @@
 """Command line: ``python -m tad_demo <command> --help``.
 
-Commands (contract ★2):
+Commands:
   vector   build τ = finetuned − base from a pair of checkpoints and save it (safetensors)
   inspect  norms, sparsity and the cosine matrix of task vectors
   merge    apply a recipe (YAML) to its base and save the edited model with its provenance
   convert  turn a pickle checkpoint (.ckpt/.bin/.pt) into safetensors, loading it with weights_only=True
   grid     concept grid (object × style × control) → grid.png, metrics.csv, recipe.yaml, images/
 
-Research views (issue 5; each writes CSV + PNG plots into --out):
+Research views (tad_demo/research; each writes CSV + PNG plots into --out):
   sweep    CLIP score/accuracy of a concept and control concepts over a λ list (TAD Table 2)
   multi    add N vectors (N = 1 … all) with a merge method: control-concept damage vs N, random baseline
   analyze  cosine heatmaps (global, per UNet block), norms, sparsity, sign agreement, analogies
   adaptive adaptive vector selection at t_switch from a shared prefix; ROC AUC vs t_switch and α
   eval     paper-sized, resumable table of concepts × λ × prompts × seeds (shards under accelerate launch)
   ablate   make a concept-ablation checkpoint with Kumari's objective (cross-attention k/v)
+
+Building the parser imports no torch (``--help`` prints at once): every command imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -25,15 +27,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .research.report import log_progress, text_table
+
 log = logging.getLogger("tad_demo")
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain-text table (people read the CLI; machines use --json)."""
-    cells = [[f"{c:.4f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 
 
 # --- commands -------------------------------------------------------------------------------------------
@@ -41,7 +37,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def cmd_vector(args: argparse.Namespace) -> dict:
     import torch
 
-    from .task_vector import TaskVector
+    from .core.task_vector import TaskVector
 
     tv = TaskVector.from_pair(args.base, args.finetuned, scope=args.scope)
     if not len(tv):
@@ -54,8 +50,8 @@ def cmd_vector(args: argparse.Namespace) -> dict:
 
 
 def cmd_inspect(args: argparse.Namespace) -> dict:
-    from . import diagnostics
-    from .task_vector import TaskVector
+    from .core import diagnostics
+    from .core.task_vector import TaskVector
 
     vecs = {Path(p).stem: TaskVector.load(p) for p in args.vectors}
     names, matrix = diagnostics.cosine_matrix(vecs)
@@ -65,8 +61,8 @@ def cmd_inspect(args: argparse.Namespace) -> dict:
 
 
 def cmd_merge(args: argparse.Namespace) -> dict:
-    from .pipelines import save_merged
-    from .recipe import Recipe
+    from .core.recipe import Recipe
+    from .runtime.pipelines import save_merged
 
     recipe = Recipe.load(args.recipe)
     out = save_merged(recipe, args.out)
@@ -74,48 +70,41 @@ def cmd_merge(args: argparse.Namespace) -> dict:
 
 
 def cmd_convert(args: argparse.Namespace) -> dict:
-    from .checkpoints import convert
+    from .core.checkpoints import convert
 
     out = convert(args.src, args.dst, overwrite=args.force)
     return {"out": str(out)}
 
 
 def cmd_grid(args: argparse.Namespace) -> dict:
-    """Run a grid config (or the toy world's default 3×3 example) and write the output folder."""
-    from .control import ControlError
-    from .grid import Cancelled, GridError, default_assets, run_grid, save, toy_control, toy_world_spec
-    from .metrics import ClipUnavailable
-    from .models import ModelError
+    """Run a grid config (or a world's default 3×3 example) and write the output folder."""
+    from .app.validation import parse_int, parse_seeds
+    from .core.errors import Cancelled, TadError
+    from .core.limits import HARD
+    from .core.world import default_world
+    from .grid import GridSpec, run_grid, save, world_control, world_spec
 
-    assets = Path(args.assets) if args.assets else default_assets()
+    world = Path(args.assets) if args.assets else default_world()
     try:
-        # 1. the spec: a config file, else the toy world's default example
-        if args.config:
-            from .grid import GridSpec
-
-            spec = GridSpec.load(args.config)
-        else:
-            spec = toy_world_spec(assets)
-        # 2. command-line overrides: extra control layers (toy world examples), seeds, steps
+        # 1. the spec: a config file, else the world's default example
+        spec = GridSpec.load(args.config) if args.config else world_spec(world)
+        # 2. command-line overrides (checked as the app checks them): extra control layers (the world's example
+        #    conditions), seeds, steps
         if args.control:
             have = {c.kind for c in spec.controls}
             extra = [k for k in dict.fromkeys(args.control) if k not in have]
-            example = spec.object.name if spec.object else "smiley"
-            spec.controls = [*spec.controls, *(toy_control(k, assets, example=example, size=spec.width)
+            example = spec.object.name if spec.object else None
+            spec.controls = [*spec.controls, *(world_control(k, world, example=example, size=spec.width)
                                                for k in extra)]
         if args.seeds:
-            spec.seeds = list(args.seeds)
-        if args.steps:
-            spec.steps = args.steps
+            spec.seeds = parse_seeds(args.seeds, max_seeds=HARD.images, max_seed=HARD.seed)
+        if args.steps is not None:
+            spec.steps = parse_int(args.steps, "steps", 1, HARD.steps)
         spec.validate()
-
         # 3. run and save, reporting stages on stderr with -v
-        def progress(stage: str, i: int, n: int) -> None:
-            log.info("%s (%d/%d)", stage, i, n)
-
-        result = run_grid(spec, progress=progress)
+        result = run_grid(spec, progress=log_progress("grid"))
         files = save(result, args.out)
-    except (GridError, ModelError, ControlError, ClipUnavailable, Cancelled) as e:
+    except (TadError, Cancelled) as e:
         raise SystemExit(f"error: {e}") from None
     return {"out": str(args.out), "grids": {k: str(v) for k, v in files.items() if k.startswith("grid")},
             "metrics": str(files["metrics"]), "recipe": str(files["recipe"]), "images": len(files["images"]),
@@ -128,19 +117,19 @@ def _print_human(command: str, result: dict) -> None:
                  *(("-" if r[m] is None else r[m]) for m in ("clip_score_object", "clip_accuracy_object",
                                                               "clip_score_style", "clip_accuracy_style"))]
                 for r in result["summary"]]
-        print(_table(["control", "object λ", "style λ", "seeds", "score obj", "acc obj", "score sty", "acc sty"],
+        print(text_table(["control", "object λ", "style λ", "seeds", "score obj", "acc obj", "score sty", "acc sty"],
                      rows))
         print(f"\nwrote {result['out']}: grid.png, metrics.csv, recipe.yaml, images/ ({result['images']} images) "
               f"in {result['timings']['total']:.1f} s")
         return
     if command == "inspect":
         rows = [[n, s["tensors"], s["params"], s["norm"], s["sparsity"]] for n, s in result["vectors"].items()]
-        print(_table(["vector", "tensors", "params", "norm", "sparsity"], rows))
+        print(text_table(["vector", "tensors", "params", "norm", "sparsity"], rows))
         names, m = result["cosine"]["names"], result["cosine"]["matrix"]
         print("\ncosine similarity")
-        print(_table(["", *names], [[n, *row] for n, row in zip(names, m)]))
+        print(text_table(["", *names], [[n, *row] for n, row in zip(names, m)]))
     else:
-        print(_table(["field", "value"], [[k, v] for k, v in result.items()]))
+        print(text_table(["field", "value"], [[k, v] for k, v in result.items()]))
 
 
 def _lam(x: float | None) -> str:
@@ -174,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("merge", help="recipe → saved model",
-                       description="Apply a recipe (YAML; see tad_demo/recipe.py) and save the edited model as a "
+                       description="Apply a recipe (YAML; see tad_demo/core/recipe.py) and save the edited model as a "
                        "diffusers folder, or one .safetensors when --out ends in .safetensors. The recipe and the "
                        "sha256 of every input are stored with it.")
     p.add_argument("--recipe", required=True)
@@ -204,31 +193,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add a control layer with the toy world's ControlNet and example condition (repeatable)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (every cell uses all of them); default 42")
     p.add_argument("--steps", type=int, help="denoising steps (default from the config / world.json)")
-    p.add_argument("--assets", help="toy world assets folder (default assets/toyworld)")
+    p.add_argument("--assets", help="world folder (default assets/toyworld)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_grid)
 
-    # Research views register their own subcommands (each module keeps its flags next to its computation).
-    import importlib
+    # The research views register their own subcommands (each module keeps its flags next to its computation);
+    # their modules import no torch at module level (tests/test_architecture.py checks it).
+    from .research import ablate, adaptive, analyze, batch_eval, multi, sweep
 
-    for name in RESEARCH_MODULES:
-        importlib.import_module(f"tad_demo.research.{name}").register(sub)
+    for view in (sweep, multi, analyze, batch_eval, ablate, adaptive):
+        view.register(sub)
     return ap
-
-
-# Modules under tad_demo/research/ with a ``register(subparsers)``; imported when the parser is built, so they
-# must not import torch at module level.
-RESEARCH_MODULES: tuple[str, ...] = ("sweep", "multi", "analyze", "batch_eval", "ablate", "adaptive")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from .task_vector import TaskVectorError
+    from .core.errors import TadError
 
     try:
         result = args.func(args)
-    except (TaskVectorError, FileNotFoundError, ValueError) as e:
+    except (TadError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if getattr(args, "json", False):

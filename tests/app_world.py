@@ -1,11 +1,11 @@
-"""A tiny toy world on disk for the app tests (the ★3 layout with tiny random components).
+"""A tiny toy world on disk for the app tests (a world folder with tiny random components).
 
-    root = build_tiny_world(tmp / "world")   # base/, ablations/{smiley,striped}, clip/, controlnet/canny, world.json
+    root = build_tiny_world(tmp / "world")   # base/, ablations/{smiley,striped}, clip/, controlnet/canny, examples/,
+                                             # world.json
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 from pathlib import Path
@@ -14,7 +14,8 @@ import torch
 from conftest import build_tiny_pipeline, perturbed, tiny_controlnet
 from safetensors.torch import load_file, save_file
 
-from tad_demo.toyworld import world
+from tad_demo.core.world import World
+from tad_demo.toyworld import examples, world
 
 STEPS = 2
 SIDE = 32
@@ -52,7 +53,8 @@ def _live_controlnet(out: Path, seed: int = 0) -> Path:
 
 
 def build_tiny_world(root: Path) -> Path:
-    """A toy world folder with tiny random models: smiley/striped ablations, CLIP, a canny ControlNet."""
+    """A toy world folder with tiny random models: smiley/striped ablations, CLIP, a canny ControlNet, and the toy
+    world's example scenes with their condition maps at the world's size."""
     root.mkdir(parents=True, exist_ok=True)
     pipe = build_tiny_pipeline(root.parent / (root.name + "_pipe"))
     shutil.copytree(pipe, root / "base")
@@ -64,10 +66,11 @@ def build_tiny_world(root: Path) -> Path:
         save_file({k: ft[k].contiguous() for k in kv}, str(root / "ablations" / f"{name}.safetensors"))
     _tiny_clip(root / "clip")
     _live_controlnet(root / "controlnet" / "canny")
-    manifest = world.manifest()
-    manifest["concepts"] = [c for c in manifest["concepts"] if c["name"] in ("smiley", "striped")]
-    manifest["defaults"] = {"num_inference_steps": STEPS, "guidance_scale": 5.0, "height": SIDE, "width": SIDE}
-    (root / "world.json").write_text(json.dumps(manifest))
+    examples.write_examples(root / "examples", size=SIDE)
+    w = World.from_dict(world.manifest(), root)
+    w = w.with_concepts([c for c in w.concepts if c.name in ("smiley", "striped")])
+    w.defaults = {"num_inference_steps": STEPS, "guidance_scale": 5.0, "height": SIDE, "width": SIDE}
+    w.save()
     return root
 
 

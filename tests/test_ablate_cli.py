@@ -12,8 +12,8 @@ from tad_demo.cli import main
 
 def test_ablate_writes_a_kv_checkpoint_that_loads_as_a_vector(tiny_pipeline_dir, kv_keys, tmp_path, capsys):
     from tad_demo import TaskVector
-    from tad_demo.models import Models
-    from tad_demo.recipe import sha256_path
+    from tad_demo.core.recipe import sha256_path
+    from tad_demo.runtime.models import Models
 
     out = tmp_path / "smiley.safetensors"
     assert main(["ablate", "--base", str(tiny_pipeline_dir), "--concept", "smiley", "--anchor", "circle",

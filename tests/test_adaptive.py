@@ -12,9 +12,11 @@ import pytest
 import torch
 from app_world import build_tiny_world
 
+from tad_demo.core.world import World
 from tad_demo.research import adaptive
 from tad_demo.research.adaptive import FULL, Probe, explore, roc_auc, select
 from tad_demo.research.lab import Lab, LabError
+from tad_demo.toyworld import world as toy
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "assets" / "toyworld"
@@ -26,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def tiny_lab(tmp_path_factory) -> Lab:
     """The tiny random world (smiley, striped) with T = 4 steps: fast; its images mean nothing."""
     root = build_tiny_world(tmp_path_factory.mktemp("adaptive") / "world")
-    return Lab.toy_world(root, steps=4)
+    return Lab.from_world(root, steps=4)
 
 
 def _same(a, b) -> bool:
@@ -151,7 +153,7 @@ def test_bad_input_is_refused_early(tiny_lab):
 def test_toy_world_auc_above_chance():
     """8 labelled prompts × 4 vectors, T = 6, switch at 2, α = 2. Looked at first: AUC 0.969 for this prompt
     seed, 0.89–0.97 over prompt seeds 3–8, so 0.6 leaves a wide margin (a loop that ignored the weights gives 0.5)."""
-    lab = Lab.toy_world(TOY, steps=6)
+    lab = Lab.from_world(TOY, steps=6)
     pool = ["smiley", "die", "striped", "dotted"]
     table = adaptive.auc_table(lab, [2], [2.0], pool=pool, n_prompts=8, seed=3, lookaheads=())
     y = table.labels()
@@ -200,7 +202,8 @@ def test_cli_auc_writes_table_heatmap_and_tradeoff(tiny_lab, tmp_path):
 
 
 def test_probes_label_what_the_prompt_names():
-    probes = adaptive.toy_probes(["smiley", "striped", "dotted"], 8, seed=0)
+    world = World.from_dict(toy.manifest(), "toy")  # the toy world's manifest: its concepts and vocabulary
+    probes = adaptive.world_probes(world, ["smiley", "striped", "dotted"], 8, seed=0)
     for p in probes:
         words = set(p.prompt.split())
         assert p.relevant == {c for c in ("smiley", "striped", "dotted") if c in words}

@@ -17,8 +17,9 @@ import yaml
 from app_world import build_tiny_world, free_port
 from PIL import Image
 
-from tad_demo.service import GridRequest, Service
-from tad_demo.settings import Settings
+from tad_demo.app.errors import UserError
+from tad_demo.app.service import GridRequest, Service
+from tad_demo.app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300  # s per API call: generous, the CI machine may be busy
@@ -49,7 +50,7 @@ def _load_app():
 @pytest.fixture(scope="module")
 def served(world_dir, tmp_path_factory):
     """The app (app.build, as `python app.py` does) served from this process on a free port."""
-    from tad_demo import ui
+    from tad_demo.app import ui
 
     settings = _settings(world_dir, tmp_path_factory.mktemp("work"))
     service, demo = _load_app().build(settings)
@@ -75,7 +76,7 @@ def _recipe(result) -> dict:
 
 
 def _refused(service: Service, match: str, **fields) -> str:
-    with pytest.raises(gr.Error) as e:
+    with pytest.raises(UserError) as e:
         service.build(GridRequest(**fields))
     msg = str(e.value)
     assert match in msg, msg
@@ -95,7 +96,7 @@ def test_settings_defaults_are_local_and_clamped():
 
 
 def test_ui_does_not_import_torch():
-    code = "import sys, tad_demo.ui, tad_demo.settings; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, tad_demo.app.ui, tad_demo.app.settings; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=600)
 
 
@@ -147,13 +148,13 @@ def test_hosted_mode_refuses_local_paths_urls_and_pickles(hosted, tmp_path):
     upload = Path(get_upload_folder()) / "test_app" / "model.ckpt"
     upload.parent.mkdir(parents=True, exist_ok=True)
     upload.write_bytes(b"not really a pickle")
-    with pytest.raises(gr.Error, match="pickle checkpoints"):
+    with pytest.raises(UserError, match="pickle checkpoints"):
         hosted.add_model("object", None, str(upload), "snoopy", "dog")
-    with pytest.raises(gr.Error, match="local paths are disabled"):
+    with pytest.raises(UserError, match="local paths are disabled"):
         hosted.add_model("base", str(Path.home()), None, None, None)
-    with pytest.raises(gr.Error, match="URLs are not fetched"):
+    with pytest.raises(UserError, match="URLs are not fetched"):
         hosted.add_model("base", "https://example.com/sd.safetensors", None, None, None)
-    with pytest.raises(gr.Error, match="pickle"):
+    with pytest.raises(UserError, match="pickle"):
         hosted.add_model("object", "owner/repo/delta.bin", None, "snoopy", "dog")
     assert hosted.add_model("base", "CompVis/stable-diffusion-v1-4", None, None, None)[2] == \
         "CompVis/stable-diffusion-v1-4"
@@ -161,7 +162,7 @@ def test_hosted_mode_refuses_local_paths_urls_and_pickles(hosted, tmp_path):
     safe.write_bytes(b"x")
     assert hosted.add_model("object", None, str(safe), "snoopy", "dog")[2] == f"snoopy → dog @ {safe}"
     # the toy world itself still runs when hosted
-    assert hosted.build(GridRequest())[0].base == str(hosted.world.base)
+    assert hosted.build(GridRequest())[0].base == str(hosted.world.base_path)
 
 
 def test_hosted_mode_loads_weights_from_safetensors_only(hosted, world_dir, tmp_path, monkeypatch):
@@ -169,7 +170,7 @@ def test_hosted_mode_loads_weights_from_safetensors_only(hosted, world_dir, tmp_
     from_pretrained is wrapped; Hub ids fail like offline, local folders load for real)."""
     from diffusers import ControlNetModel, StableDiffusionPipeline
 
-    from tad_demo.models import ModelError
+    from tad_demo.runtime.models import ModelError
 
     seen: list[tuple[str, str, object]] = []
 
@@ -228,7 +229,7 @@ def test_conditions_from_sketch_map_and_example_at_the_generation_size(served, t
 
 
 def test_base_change_and_added_models_update_the_choices(served):
-    from tad_demo.ui.handlers import Handlers
+    from tad_demo.app.ui.handlers import Handlers
 
     _, service = served
     h = Handlers(service)
@@ -347,8 +348,8 @@ def test_soak_8_sessions_x_5_requests_lose_nothing(served):
 
 
 def test_examples_precomputed_and_lazily_cached(served, world_dir):
-    from tad_demo.ui.handlers import Handlers
-    from tad_demo.ui.precompute import precompute
+    from tad_demo.app.precompute import precompute
+    from tad_demo.app.ui.handlers import Handlers
 
     url, service = served
     precompute(world_dir, only=["default"])

@@ -12,14 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gradio as gr
 import pytest
 from app_world import build_tiny_world, free_port
 from PIL import Image
 
-from tad_demo.research_service import BUDGET, MAX_LAMBDAS, ResearchService
-from tad_demo.service import Service
-from tad_demo.settings import Settings
+from tad_demo.app.errors import RunCancelled, UserError
+from tad_demo.app.research_service import BUDGET, MAX_LAMBDAS, ResearchService
+from tad_demo.app.service import Service
+from tad_demo.app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
@@ -43,7 +43,7 @@ def research(world_dir, tmp_path_factory) -> ResearchService:
 
 
 def _refused(fn, match: str, **kwargs) -> str:
-    with pytest.raises(gr.Error) as e:
+    with pytest.raises(UserError) as e:
         fn(**kwargs)
     msg = str(e.value)
     assert match in msg, msg
@@ -132,7 +132,7 @@ def test_analysis_gives_heatmaps_tables_and_the_expression(research):
     # the reported numbers are those of the vectors themselves
     from tad_demo.research.lab import Lab
 
-    lab = Lab.toy_world(research.settings.assets, models=research.models)
+    lab = Lab.from_world(research.settings.assets, models=research.models)
     a, b = lab.vector("smiley"), lab.vector("striped")
     assert vec["smiley"][3] == pytest.approx(a.norm(), abs=1e-4)
     assert pairs[0][1] == pytest.approx(a.cosine(b), abs=1e-3)
@@ -156,7 +156,7 @@ def test_adaptive_gives_a_ranking_and_the_strip(research):
 
 
 def test_cancel_stops_between_stages_and_restores_the_weights(research):
-    with pytest.raises(gr.Error, match="cancelled"):
+    with pytest.raises(RunCancelled, match="cancelled"):
         research.sweep("smiley", "0, 1", n_prompts=1, steps=2, cancel=lambda: True)
     assert research.models.lock.acquire(timeout=5)
     research.models.lock.release()
@@ -182,7 +182,7 @@ def test_cancel_stops_adaptive_within_a_step_inside_a_patched_branch(research):
     def cancel():  # after the base's 4 steps and 2 of the first candidate's 3 (it switched in at step 1)
         return sum("denoising step" in s for s, _, _ in stages) >= 6
 
-    with pytest.raises(gr.Error, match="cancelled"):
+    with pytest.raises(RunCancelled, match="cancelled"):
         research.adaptive("a smiley", ["smiley", "striped"], t_switch=1, steps=4, seeds="0", progress=progress,
                           cancel=cancel)
     steps = [(i, n) for s, i, n in stages if "denoising step" in s]
@@ -199,7 +199,7 @@ def test_output_folders_are_bounded(research):
 
 
 def test_research_ui_does_not_import_torch():
-    code = ("import sys, tad_demo.ui.research, tad_demo.ui.demo; "
+    code = ("import sys, tad_demo.app.ui.research, tad_demo.app.ui.demo; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=600)
 
@@ -210,7 +210,7 @@ def test_api_sweep_on_the_launched_app(world_dir, tmp_path_factory):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    from tad_demo import ui
+    from tad_demo.app import ui
 
     settings = _settings(world_dir, tmp_path_factory.mktemp("served"))
     spec = importlib.util.spec_from_file_location("tad_app", ROOT / "app.py")

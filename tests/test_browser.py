@@ -32,7 +32,7 @@ def app_url(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the precompute below: tiny models are op-overhead bound
     """`python app.py` in a subprocess on the tiny world, with its default example precomputed."""
-    from tad_demo.ui.precompute import main as precompute
+    from tad_demo.app.precompute import main as precompute
 
     tmp = tmp_path_factory.mktemp("browser")
     world = build_tiny_world(tmp / "world")

@@ -12,17 +12,17 @@ import torch
 from conftest import perturbed, tiny_controlnet, tiny_text_encoder, tiny_unet
 from safetensors.torch import save_file
 
-from tad_demo.checkpoints import (
+from tad_demo.core.checkpoints import (
     CheckpointError,
     convert,
     ldm_unet_key_map,
-    load_lora,
     load_weights,
     read_safetensors,
     safe_torch_load,
     to_module_keys,
 )
-from tad_demo.task_vector import TaskVector, TaskVectorError
+from tad_demo.core.lora import load_lora
+from tad_demo.core.task_vector import TaskVector, TaskVectorError
 
 ALL = ("unet", "text_encoder", "vae")
 
@@ -215,7 +215,7 @@ def test_ldm_full_file(tmp_path, base, fmt, caplog):
     else:
         path = tmp_path / "sd.safetensors"
         save_file(ldm, path)
-    with caplog.at_level(logging.INFO, logger="tad_demo.checkpoints"):
+    with caplog.at_level(logging.INFO, logger="tad_demo.core.checkpoints"):
         same(load_weights(path, components=ALL), base)
     if fmt == "ckpt":
         assert "betas" in caplog.text and "global_step" in caplog.text  # dropped, but said so
@@ -224,7 +224,7 @@ def test_ldm_full_file(tmp_path, base, fmt, caplog):
 
 def test_sd1_kumari_names_map_as_documented():
     """The 32 CompVis names of a Kumari SD-1.x file map onto the 32 attn2 k/v weights of an SD-1.x UNet, with the
-    block mapping of DESIGN §4."""
+    LDM block mapping diffusers uses."""
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
@@ -521,7 +521,7 @@ def test_convert_pickle_to_safetensors(tmp_path, base, caplog):
     tied = {**unet, "tied.weight": unet["conv_in.weight"]}  # shared storage: safetensors refuses it as is
     src = tmp_path / "model.ckpt"
     torch.save({"state_dict": tied, "global_step": 10, "optimizer_states": [{"lr": 1e-5}]}, src)
-    with caplog.at_level(logging.INFO, logger="tad_demo.checkpoints"):
+    with caplog.at_level(logging.INFO, logger="tad_demo.core.checkpoints"):
         dst = convert(src, tmp_path / "model.safetensors")
     assert "global_step" in caplog.text and "optimizer_states" in caplog.text
     same(read_safetensors(dst), tied)

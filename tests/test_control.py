@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tad_demo import control
-from tad_demo.control import AnnotatorUnavailable, ControlError, from_sketch, make_condition, prepare
+from tad_demo.core.world import World
+from tad_demo.runtime import control
+from tad_demo.runtime.control import AnnotatorUnavailable, ControlError, from_sketch, make_condition, prepare
 from tad_demo.toyworld import examples, world
 
 
@@ -136,16 +137,20 @@ def test_annotator_files_are_found_in_the_env_folder(monkeypatch, tmp_path):
 # --- the toy world's examples ----------------------------------------------------------------------------------
 
 def test_toy_examples_are_written_with_their_maps(tmp_path):
-    files = examples.write_examples(tmp_path, size=64)
-    index = json.loads((tmp_path / "examples.json").read_text())["examples"]
+    files = examples.write_examples(tmp_path / "examples", size=64)
+    index = json.loads((tmp_path / "examples" / "examples.json").read_text())["examples"]
     assert {e["name"] for e in index} == set(examples.EXAMPLES)
     assert len(files) == len(examples.EXAMPLES) * 4 + 1
     for e in index:
         for kind in ("canny", "depth", "scribble"):
-            with Image.open(tmp_path / e["files"][kind]) as im:
+            with Image.open(tmp_path / "examples" / e["files"][kind]) as im:
                 saved = np.asarray(im.convert("RGB"))
             assert np.array_equal(saved, np.asarray(examples.example_condition(kind, e["name"])))
-    assert np.array_equal(np.asarray(control.toy_condition("scribble")),
+    # a world folder with these examples gives the same maps to the grid and the app (read back from the files)
+    World(root=tmp_path).save()
+    assert np.array_equal(np.asarray(control.example_condition(World.load(tmp_path), "scribble", "smiley")),
                           np.asarray(examples.example_condition("scribble", "smiley")))
+    with pytest.raises(ControlError, match="no example named 'snoopy'"):
+        control.example_condition(World.load(tmp_path), "canny", "snoopy")
     with pytest.raises(ValueError, match="no example named"):
         examples.example_scene("snoopy")

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tad_demo.diagnostics import (
+from tad_demo.core.diagnostics import (
     angle_deg,
     block_cosine,
     block_of,
@@ -23,7 +23,7 @@ from tad_demo.diagnostics import (
     sparsity,
     tensor_norms,
 )
-from tad_demo.task_vector import TaskVector, TaskVectorError
+from tad_demo.core.task_vector import TaskVector, TaskVectorError
 
 DOWN = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"
 MID = "unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight"

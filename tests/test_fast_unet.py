@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import tiny_controlnet, tiny_unet
 
-from tad_demo.fast_unet import TracedForward, install, uninstall
-from tad_demo.patching import WeightPatcher
+from tad_demo.core.patching import WeightPatcher
+from tad_demo.runtime.fast_unet import TracedForward, install, uninstall
 
 
 @pytest.fixture()

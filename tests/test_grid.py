@@ -17,21 +17,21 @@ from conftest import build_tiny_pipeline, perturbed
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from tad_demo.core.recipe import Recipe
+from tad_demo.core.world import Concept
 from tad_demo.grid import (
-    STAR2_COLUMNS,
+    REQUIRED_COLUMNS,
     Cancelled,
-    ConceptSpec,
     ControlSpec,
     ExtraVector,
     GridError,
     GridSpec,
     run_grid,
     save,
-    toy_world_spec,
+    world_spec,
 )
-from tad_demo.models import ModelError, Models
-from tad_demo.recipe import Recipe
-from tad_demo.sampling import sample
+from tad_demo.runtime.models import ModelError, Models
+from tad_demo.runtime.sampling import sample
 from tad_demo.toyworld import world
 
 TOY = Path("assets/toyworld")
@@ -44,7 +44,7 @@ SEEDS = [3, 5]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# --- a tiny world on disk: the ★3 layout with tiny components (shared with the app tests) ---------------------
+# --- a tiny world on disk: a world folder with tiny components (shared with the app tests) ------------------
 
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory) -> Path:
@@ -83,7 +83,7 @@ class UNetCalls:
 @pytest.fixture(scope="module")
 def tiny_run(tiny_world: Path, models: Models):
     """One 3×3 grid with two controls (none, canny) and two seeds, with everything observed around it."""
-    spec = toy_world_spec(tiny_world, controls=("none", "canny"), seeds=SEEDS)
+    spec = world_spec(tiny_world, controls=("none", "canny"), seeds=SEEDS)
     models.load_base(spec.base)
     before = _state_hash(models.pipe.unet, models.pipe.text_encoder, models.pipe.vae)
     stages: list[tuple[str, int, int]] = []
@@ -111,7 +111,7 @@ def test_default_cell_equals_the_base_models_image(which, tiny_world, tiny_run):
     if which == "tiny":
         spec, result = tiny_run["spec"], tiny_run["result"]
     else:  # the trained toy world: the default 3×3 example, few steps
-        spec = toy_world_spec(TOY, seeds=SEEDS, steps=STEPS)
+        spec = world_spec(TOY, seeds=SEEDS, steps=STEPS)
         result = run_grid(spec, models=Models(device="cpu"))
     pipe = StableDiffusionPipeline.from_pretrained(spec.base, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -148,13 +148,13 @@ def test_metrics_rows_complete(tiny_run):
     assert len(rows) == 9 * len(SEEDS) * 2  # cells × seeds × controls
     assert len({(r["control"], r["row"], r["col"], r["seed"]) for r in rows}) == len(rows)
     for r in rows:
-        assert set(STAR2_COLUMNS) <= set(r)
+        assert set(REQUIRED_COLUMNS) <= set(r)
         for m in ("clip_score_object", "clip_accuracy_object", "clip_score_style", "clip_accuracy_style"):
             assert isinstance(r[m], float) and math.isfinite(r[m]), (m, r[m])
         assert r["clip_accuracy_object"] in (0.0, 1.0) and r["clip_score_object"] >= 0
         assert r["prompt"] == "a smiley in striped style" and r["object_anchor"] == "circle"
     header = result.csv_text().splitlines()[0].split(",")
-    assert header[:len(STAR2_COLUMNS)] == list(STAR2_COLUMNS)
+    assert header[:len(REQUIRED_COLUMNS)] == list(REQUIRED_COLUMNS)
     assert len(result.summary()) == 18
 
 
@@ -179,7 +179,7 @@ def test_weights_restored_bit_exactly_after_the_grid(tiny_run, models):
 
 
 def test_cancel_stops_and_restores_weights(tiny_world, models):
-    spec = toy_world_spec(tiny_world, seeds=[1])
+    spec = world_spec(tiny_world, seeds=[1])
     models.load_base(spec.base)
     before = _state_hash(models.pipe.unet, models.pipe.text_encoder)
     seen: list[str] = []
@@ -201,7 +201,7 @@ def test_cancel_stops_and_restores_weights(tiny_world, models):
 def test_models_threads_setting_holds_while_generating(tiny_world):
     """TAD_TORCH_THREADS (Models.threads) is what the denoising runs with; the caller's count is back afterwards;
     a small UNet on CPU runs its traced forward (tad_demo/fast_unet.py)."""
-    spec = toy_world_spec(tiny_world, object=None, style="striped", seeds=[1], steps=2)
+    spec = world_spec(tiny_world, object=None, style="striped", seeds=[1], steps=2)
     prev = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -218,7 +218,7 @@ def test_models_threads_setting_holds_while_generating(tiny_world):
 
 
 def test_control_image_matters_and_pipelines_share_modules(tiny_world, models):
-    spec = toy_world_spec(tiny_world, controls=("canny",), seeds=[1], lambdas=(0.0,))
+    spec = world_spec(tiny_world, controls=("canny",), seeds=[1], lambdas=(0.0,))
     a = run_grid(spec, models=models, hashes=False)
     spec.controls[0].image = world.condition("canny", world.Scene("die", "plain", "red", "black", "small", .3, .6, 0),
                                              32)
@@ -290,7 +290,7 @@ def test_text_encoder_vectors_are_applied_and_reencoded(tiny_world, models, tmp_
     ft = perturbed(te, keys, seed=9, scale=0.5)
     path = tmp_path / "te_concept.safetensors"
     save_file({f"text_encoder.{k}": ft[k].contiguous() for k in keys}, str(path))
-    spec = toy_world_spec(tiny_world, seeds=[1], lambdas=(0.0,))
+    spec = world_spec(tiny_world, seeds=[1], lambdas=(0.0,))
     base = run_grid(spec, models=models, hashes=False).cells[0].images[0]
     spec.extra = [ExtraVector("te_concept", str(path), 1.0)]
     edited = run_grid(spec, models=models, hashes=False).cells[0].images[0]
@@ -300,7 +300,7 @@ def test_text_encoder_vectors_are_applied_and_reencoded(tiny_world, models, tmp_
 
 
 def test_one_axis_grid_with_a_merge_method(tiny_world, models):
-    spec = toy_world_spec(tiny_world, style=None, seeds=[1], lambdas=(1.0, 0.0))
+    spec = world_spec(tiny_world, style=None, seeds=[1], lambdas=(1.0, 0.0))
     spec.merge, spec.merge_params = "ties", {"density": 0.5}
     assert spec.prompt == "a smiley in plain style"
     result = run_grid(spec, models=models, hashes=False)
@@ -311,7 +311,7 @@ def test_one_axis_grid_with_a_merge_method(tiny_world, models):
 
 
 def test_models_cache_reuses_and_switches(tiny_world, models, tmp_path):
-    spec = toy_world_spec(tiny_world, seeds=[1], lambdas=(1.0,))
+    spec = world_spec(tiny_world, seeds=[1], lambdas=(1.0,))
     run_grid(spec, models=models, hashes=False)
     loads, pipe = dict(models.loads), models.pipe
     run_grid(spec, models=models, hashes=False)
@@ -342,7 +342,7 @@ def test_models_cache_reuses_and_switches(tiny_world, models, tmp_path):
     ({"merge": "nope"}, "merge"),
 ])
 def test_spec_validation(tiny_world, change, match):
-    spec = toy_world_spec(tiny_world)
+    spec = world_spec(tiny_world)
     for k, v in change.items():
         setattr(spec, k, v)
     with pytest.raises(GridError, match=match):
@@ -350,7 +350,7 @@ def test_spec_validation(tiny_world, change, match):
 
 
 def test_spec_template_needs_its_concepts(tiny_world):
-    spec = toy_world_spec(tiny_world)
+    spec = world_spec(tiny_world)
     spec.style = None
     with pytest.raises(GridError, match="no style concept"):
         spec.validate()
@@ -361,8 +361,8 @@ def test_spec_template_needs_its_concepts(tiny_world):
 def test_spec_yaml_round_trip(tmp_path):
     cond = Image.new("RGB", (32, 32), "black")
     cond.save(tmp_path / "edge.png")
-    spec = GridSpec(base="b", object=ConceptSpec("smiley", "circle", "abl/smiley.safetensors"),
-                    style=ConceptSpec("striped", "plain", "abl/striped.safetensors"), object_lambdas=(2.0, 0.0),
+    spec = GridSpec(base="b", object=Concept("smiley", "object", "circle", "abl/smiley.safetensors"),
+                    style=Concept("striped", "style", "plain", "abl/striped.safetensors"), object_lambdas=(2.0, 0.0),
                     extra=[ExtraVector("dotted", "abl/dotted.safetensors", -0.5)],
                     controls=[ControlSpec("none"), ControlSpec("canny", cond, "cn/canny", 0.7, "edge.png")],
                     seeds=[1, 2], steps=3, height=32, width=32, clip="clip")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import tad_demo
-from tad_demo.merge_methods import METHODS, MergeError, describe, get_method, merge
-from tad_demo.task_vector import TaskVector, TaskVectorError
+from tad_demo.core.merge_methods import METHODS, MergeError, describe, get_method, merge
+from tad_demo.core.task_vector import TaskVector, TaskVectorError
 
 
 def tv(**tensors: list[float]) -> TaskVector:

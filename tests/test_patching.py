@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import tiny_controlnet, tiny_text_encoder, tiny_unet
 
-from tad_demo.patching import PatchError, WeightPatcher
-from tad_demo.task_vector import TaskVector
+from tad_demo.core.patching import PatchError, WeightPatcher
+from tad_demo.core.task_vector import TaskVector
 
 
 def sha256_state(module: torch.nn.Module) -> str:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from tad_demo import TaskVector
 from tad_demo.cli import main as cli_main
-from tad_demo.recipe import Recipe, RecipeError, sha256_path
+from tad_demo.core.recipe import Recipe, RecipeError, sha256_path
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Research views (issue 5): sweep, multi-concept interference, vector analysis and analogy expressions.
+"""Research views: sweep, multi-concept interference, vector analysis and analogy expressions.
 
 Parser and analysis numbers are checked on hand-computed vectors; the commands on the tiny random world (fast,
 its images mean nothing); the directions (ablating lowers the target, adding vectors does not help controls) on
@@ -16,9 +16,9 @@ import torch
 from app_world import build_tiny_world
 
 from tad_demo.cli import main
+from tad_demo.core.task_vector import TaskVector
 from tad_demo.research.analyze import ExpressionError, analyze, evaluate_expression, parse_expression
 from tad_demo.research.lab import Lab, LabError
-from tad_demo.task_vector import TaskVector
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -166,7 +166,7 @@ def test_sweep_command_writes_csv_and_plot(tiny_world, tmp_path, capsys):
 
 
 def test_sweep_rejects_bad_input_before_generating(tiny_world):
-    lab = Lab.toy_world(tiny_world)
+    lab = Lab.from_world(tiny_world)
     from tad_demo.research.sweep import run_sweep
 
     with pytest.raises(LabError, match="unknown concept 'snoopy'"):
@@ -198,10 +198,10 @@ def test_multi_command_writes_csv_and_plots(tiny_world, tmp_path, capsys):
 
 
 def test_multi_rejects_bad_requests(tiny_world):
-    from tad_demo.merge_methods import MergeError
+    from tad_demo.core.merge_methods import MergeError
     from tad_demo.research.multi import run_multi
 
-    lab = Lab.toy_world(tiny_world)
+    lab = Lab.from_world(tiny_world)
     with pytest.raises(MergeError, match="no parameter 'densty'"):
         run_multi(lab, ["smiley"], methods=["ties"], params={"ties": {"densty": 0.3}})
     with pytest.raises(LabError, match="also ablated"):
@@ -218,7 +218,7 @@ def test_analyze_command_on_the_tiny_world(tiny_world, tmp_path):
     rc = main(["analyze", "--assets", str(tiny_world), "--expression", "smiley - 0.5*tau_striped",
                "--save-vector", str(out / "x.safetensors"), "--out", str(out)])
     assert rc == 0
-    lab = Lab.toy_world(tiny_world)
+    lab = Lab.from_world(tiny_world)
     want = lab.vector("smiley") - 0.5 * lab.vector("striped")
     got = TaskVector.load(out / "x.safetensors")
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want.keys())
@@ -230,7 +230,7 @@ def test_analyze_command_on_the_tiny_world(tiny_world, tmp_path):
 def toy_lab():
     if not TOY_READY:
         pytest.skip("assets/toyworld is not complete")
-    return Lab.toy_world(TOY, steps=10)
+    return Lab.from_world(TOY, steps=10)
 
 
 def test_sweep_ablation_lowers_the_target_accuracy(toy_lab):

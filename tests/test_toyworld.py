@@ -102,7 +102,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets" / "toyworld"
 
 
 def test_assets_load_offline_with_plain_libraries():
-    """★3: the shipped models load with plain diffusers / open_clip, no project code."""
+    """The shipped models load with plain diffusers / open_clip, no project code."""
     import open_clip
     from diffusers import StableDiffusionPipeline
 
@@ -119,8 +119,8 @@ def _quick_smiley_metrics(lams: list[float]) -> dict[float, dict[str, float]]:
     from diffusers import StableDiffusionPipeline
 
     from tad_demo import TaskVector
-    from tad_demo.diagnostics import random_like
-    from tad_demo.metrics import ClipScorer
+    from tad_demo.core.diagnostics import random_like
+    from tad_demo.runtime.metrics import ClipScorer
     from tad_demo.toyworld.evaluate import QUICK, Evaluator
 
     pipe = StableDiffusionPipeline.from_pretrained(ASSETS / "base")
@@ -141,7 +141,7 @@ def test_quick_evaluation_directions():
 
 
 @pytest.mark.xfail(strict=True, reason="measured 2026-11-23: the toy CLIP scores enhanced (λ=−1) smileys 1.24 vs "
-                   "1.38 for the base on 12 images; bar d of issue 3 is not met yet (see MODEL_CARD)")
+                   "1.38 for the base on 12 images; bar d of the evaluation is not met yet (see MODEL_CARD)")
 def test_quick_enhancement_raises_clip_score():
     m = _quick_smiley_metrics([0.0, -1.0])
     assert m[-1.0]["score"] > m[0.0]["score"]

@@ -8,7 +8,7 @@ Recipe (:func:`make_checkpoint`):
    else templates, or ``--prompts FILE``); each target prompt is the same text with the concept in the anchor's
    place (styles, as Kumari: ", in the style of <concept>");
 4. anchor images: the base model samples them from the anchor prompts (kept as latents: no decode/encode);
-5. fine-tune the UNet's cross-attention k/v (default) with ``tad_demo.ablation.ablate``:
+5. fine-tune the UNet's cross-attention k/v (default) with ``tad_demo.runtime.ablation.ablate``:
    ‖ε_θ(x_t, c_target, t) − sg(ε_base(x_t, c_anchor, t))‖² on anchor latents, plus the preservation term on
    (anchor latent, anchor prompt) pairs (Kumari's regularisation: the anchor itself must not move);
 6. save the fine-tuned weights of the trained tensors (bare diffusers UNet names, fp32) with metadata — the
@@ -21,10 +21,12 @@ import logging
 import math
 import random
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import WorldError
+from ..core.limits import HARD
+from ..core.world import World
 from .lab import KINDS, LabError
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ STYLE_SUBJECTS = (
 # The same templates as Lab prompt templates ({object}/{style} slots): `eval` on a real model draws from them.
 PROMPT_TEMPLATES = {"object": tuple(t.format("{object}") for t in OBJECT_TEMPLATES),
                     "style": tuple(f"{s}, in the style of {{style}}" for s in STYLE_SUBJECTS)}
-PARAMS = ("kv", "crossattn", "full")  # tad_demo.ablation.PARAM_MODES (not imported: it pulls in torch)
+PARAMS = ("kv", "crossattn", "full")  # runtime.ablation.PARAM_MODES (not imported: it pulls in torch)
 
 
 class AblateError(LabError):
@@ -52,10 +54,15 @@ class AblateError(LabError):
 
 # --- prompts ---------------------------------------------------------------------------------------------
 
-def toy_world_of(base: str | Path) -> Path | None:
-    """The toy world folder when ``base`` is its ``base/`` (a world.json beside it), else None."""
+def world_of(base: str | Path) -> World | None:
+    """The world whose ``base/`` folder ``base`` is (a world.json beside it), else None."""
     p = Path(base)
-    return p.parent if p.is_dir() and (p.parent / "world.json").is_file() else None
+    if not (p.is_dir() and (p.parent / "world.json").is_file()):
+        return None
+    try:
+        return World.load(p.parent)
+    except WorldError as e:
+        raise AblateError(f"--base {base!r}: {e}") from None
 
 
 def target_prompt(anchor_prompt: str, concept: str, anchor: str, kind: str, i: int = 0) -> str:
@@ -65,17 +72,16 @@ def target_prompt(anchor_prompt: str, concept: str, anchor: str, kind: str, i: i
     return f"{anchor_prompt}, in the style of {concept}" if i % 2 == 0 else f"in {concept}'s style, {anchor_prompt}"
 
 
-def prompt_pairs(concept: str, anchor: str, kind: str, n: int, seed: int = 0, toy: bool = False,
+def prompt_pairs(concept: str, anchor: str, kind: str, n: int, seed: int = 0, world: World | None = None,
                  prompts: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """``n`` (anchor prompt, target prompt) pairs (seeded)."""
-    if toy:
-        from ..toyworld import world
-
+    """``n`` (anchor prompt, target prompt) pairs (seeded); in a world, its captions with the anchor (resp. the
+    concept) in the object/style slot."""
+    if world is not None:
         rng = random.Random(seed)
-        scenes = [world.sample_scene(rng, **{kind: anchor}) for _ in range(n)]
-        templates = [rng.choice(world.PROMPT_TEMPLATES) for _ in range(n)]
-        return ([s.caption(t) for s, t in zip(scenes, templates)],
-                [replace(s, **{kind: concept}).caption(t) for s, t in zip(scenes, templates)])
+        words = [world.sample_words(rng, **{kind: anchor}) for _ in range(n)]
+        templates = [rng.choice(world.prompt_templates) for _ in range(n)]
+        return ([t.format(**w) for w, t in zip(words, templates)],
+                [t.format(**{**w, kind: concept}) for w, t in zip(words, templates)])
     if prompts is None:
         prompts = ([t.format(anchor) for t in OBJECT_TEMPLATES] if kind == "object"
                    else [f"a {anchor} of {s}" for s in STYLE_SUBJECTS])
@@ -115,20 +121,17 @@ def check_inputs(base: str, concept: str, anchor: str, out: str, *, kind: str | 
         raise AblateError(f"--lr {lr!r} is not a number in (0, 1]")
     if not isinstance(keep_weight, (int, float)) or not math.isfinite(keep_weight) or keep_weight < 0:
         raise AblateError(f"--keep-weight {keep_weight!r} is not a number ≥ 0")
-    if guidance is not None and (not isinstance(guidance, (int, float)) or not 0 <= guidance <= 50):
-        raise AblateError(f"--guidance {guidance!r} is not a number in [0, 50]")
+    if guidance is not None and (not isinstance(guidance, (int, float)) or not 0 <= guidance <= HARD.guidance):
+        raise AblateError(f"--guidance {guidance!r} is not a number in [0, {HARD.guidance:g}]")
     if gen_steps is not None and (isinstance(gen_steps, bool) or not isinstance(gen_steps, int) or gen_steps < 1):
         raise AblateError(f"--gen-steps {gen_steps!r} is not an integer ≥ 1")
-    world_dir = toy_world_of(base)
-    if world_dir is not None:
-        from ..toyworld import world
-
-        words = {"object": world.OBJECTS, "style": world.STYLES}
-        kind = kind or ("style" if concept in world.STYLES else "object")
+    world = world_of(base)
+    if world is not None:
+        kind = kind or world.kind_of(concept)
         for flag, w in (("--concept", concept), ("--anchor", anchor)):
-            if w not in words[kind]:
-                raise AblateError(f"{flag} {w!r} is not a toy-world {kind} ({world_dir}/world.json); "
-                                  f"{kind}s: {', '.join(words[kind])}")
+            if w not in world.words(kind):
+                raise AblateError(f"{flag} {w!r} is not a toy-world {kind} ({world.root}/world.json); "
+                                  f"{kind}s: {', '.join(world.words(kind))}")
         if prompts_file:
             raise AblateError("--prompts is for real models; the toy world's prompts are its own captions")
     if prompts_file is not None and not Path(prompts_file).is_file():
@@ -178,25 +181,64 @@ def make_checkpoint(base: str, concept: str, anchor: str, out: str, *, kind: str
     predictions the preservation term keeps at the base's (``n_keep`` images, default as many as anchor images),
     beyond Kumari's anchor prompts: less collateral damage on those concepts. Returns what was done, with timings."""
     base, out = str(base), str(out)
-    world_dir = toy_world_of(base)  # the toy world: its captions, its sampling defaults
-    lr = (2e-3 if world_dir else 8e-6) if lr is None else lr
-    n_anchor = (32 if world_dir else 200) if n_anchor is None else n_anchor
+    world = world_of(base)  # a world (the toy world): its captions, its sampling defaults
+    lr = (2e-3 if world else 8e-6) if lr is None else lr
+    n_anchor = (32 if world else 200) if n_anchor is None else n_anchor
     # 1. inputs
     kind = check_inputs(base, concept, anchor, out, kind=kind, steps=steps, lr=lr, params=params,
                         n_anchor=n_anchor, batch=batch, force=force, prompts_file=prompts_file,
                         keep_weight=keep_weight, guidance=guidance, gen_steps=gen_steps,
                         keep_prompts_file=keep_prompts_file, n_keep=n_keep)
     extra_keep = read_keep_prompts(keep_prompts_file, concept, kind) if keep_prompts_file else []
-    import torch
-    from diffusers import DDPMScheduler
-
-    from ..ablation import ablate, paired_batches, prompt_encoder, save_weights
-    from ..pipelines import load_pipeline
-    from ..recipe import sha256_path
-    from ..sampling import sample
-
     t0 = time.perf_counter()
     # 2. the frozen base, fp32 (training math in fp32 even on a GPU)
+    pipe, dev = _frozen_base(base, device)
+    defaults = {"steps": world.steps, "guidance": world.guidance} if world is not None else \
+        {"steps": 50, "guidance": 6.0}  # Kumari's sampling of anchor images on SD
+    gen_steps = gen_steps or defaults["steps"]
+    guidance = defaults["guidance"] if guidance is None else guidance
+    # 3. prompt pairs
+    user_prompts = read_prompts(prompts_file, anchor, kind) if prompts_file else None
+    anchor_prompts, target_prompts = prompt_pairs(concept, anchor, kind, n_anchor, seed, world=world,
+                                                  prompts=user_prompts)
+    log.info("e.g. anchor %r -> target %r", anchor_prompts[0], target_prompts[0])
+    # 4. anchor images from the base (latents; each from its own seed), and the preserved prompts' own images
+    t1 = time.perf_counter()
+    latents, keep_prompts, keep_latents = _anchor_latents(pipe, anchor_prompts, extra_keep, n_keep or n_anchor,
+                                                          seed=seed, steps=gen_steps, guidance=guidance)
+    t_gen = time.perf_counter() - t1
+    log.info("sampled %d anchor (+%d preserved) latents in %.1f s", n_anchor, len(keep_prompts) - n_anchor, t_gen)
+    # 5. fine-tune with Kumari's objective (+ preservation of the anchor's own prompts and --keep-prompts)
+    t2 = time.perf_counter()
+    weights = _fine_tune(pipe, latents, target_prompts, anchor_prompts, keep_latents, keep_prompts, batch=batch,
+                         seed=seed, steps=steps, lr=lr, params=params, keep_weight=keep_weight)
+    t_train = time.perf_counter() - t2
+    # 6. save with provenance
+    base_hash = _sha256_of(base)
+    meta = {"concept": concept, "anchor": anchor, "kind": kind, "objective": "kumari-model-based",
+            "params": params, "steps": steps, "lr": lr, "batch": batch, "keep_weight": keep_weight,
+            "n_anchor": n_anchor, "gen_steps": gen_steps, "guidance": guidance, "seed": seed,
+            "prompts": "toy-world captions" if world else (prompts_file or "templates"),
+            "keep_prompts": f"{keep_prompts_file} ({len(keep_prompts) - n_anchor} images)" if extra_keep else "anchor",
+            "base": base, "base_sha256": base_hash, "made_by": "python -m tad_demo ablate"}
+    from ..runtime.ablation import save_weights
+
+    save_weights(weights, out, meta)
+    return {"out": out, "concept": concept, "anchor": anchor, "kind": kind, "device": str(dev),
+            "tensors": len(weights), "params": sum(v.numel() for v in weights.values()),
+            "delta_norm": _delta_norm(weights, pipe.unet.state_dict()),
+            "example_anchor_prompt": anchor_prompts[0], "example_target_prompt": target_prompts[0],
+            "preserved_images": len(keep_prompts) if keep_weight > 0 else 0,
+            "base_sha256": base_hash, "seconds_generate": t_gen, "seconds_train": t_train,
+            "seconds_total": time.perf_counter() - t0}
+
+
+def _frozen_base(base: str, device: str | None) -> tuple[Any, Any]:
+    """The base pipeline in fp32 on ``device`` (CUDA when available), every module frozen."""
+    import torch
+
+    from ..runtime.pipelines import load_pipeline
+
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         pipe = load_pipeline(base, dtype=torch.float32).to(dev)
@@ -206,62 +248,52 @@ def make_checkpoint(base: str, concept: str, anchor: str, out: str, *, kind: str
     pipe.set_progress_bar_config(disable=True)
     for m in (pipe.unet, pipe.text_encoder, pipe.vae):
         m.requires_grad_(False)
-    defaults = {"steps": 50, "guidance": 6.0}  # Kumari's sampling of anchor images on SD
-    if world_dir is not None:
-        import json
+    return pipe, dev
 
-        d = json.loads((world_dir / "world.json").read_text()).get("defaults", {})
-        defaults = {"steps": d.get("num_inference_steps", 20), "guidance": d.get("guidance_scale", 5.0)}
-    gen_steps = gen_steps or defaults["steps"]
-    guidance = defaults["guidance"] if guidance is None else guidance
 
-    # 3. prompt pairs
-    user_prompts = read_prompts(prompts_file, anchor, kind) if prompts_file else None
-    anchor_prompts, target_prompts = prompt_pairs(concept, anchor, kind, n_anchor, seed, toy=world_dir is not None,
-                                                  prompts=user_prompts)
-    log.info("e.g. anchor %r -> target %r", anchor_prompts[0], target_prompts[0])
+def _anchor_latents(pipe: Any, anchor_prompts: list[str], extra_keep: list[str], n_keep: int, *, seed: int,
+                    steps: int, guidance: float) -> tuple[Any, list[str], Any]:
+    """(anchor latents, preserved prompts, their latents): the anchor images' own prompts are preserved; extra
+    preserved prompts get ``n_keep`` images of their own, from the seeds after the anchor images'."""
+    import torch
 
-    # 4. anchor images from the base (latents; each from its own seed)
-    t1 = time.perf_counter()
-    latents = torch.stack(sample(pipe, anchor_prompts, [seed + i for i in range(n_anchor)], steps=gen_steps,
+    from ..runtime.sampling import sample
+
+    n_anchor = len(anchor_prompts)
+    latents = torch.stack(sample(pipe, anchor_prompts, [seed + i for i in range(n_anchor)], steps=steps,
                                  guidance=guidance, batch_size=8, output_type="latent"))
-    keep_prompts, keep_latents = list(anchor_prompts), latents
-    if extra_keep:  # preserved prompts' own images, from seeds after the anchor images'
-        n_keep = n_keep or n_anchor
-        more = [extra_keep[i % len(extra_keep)] for i in range(n_keep)]
-        extra = torch.stack(sample(pipe, more, [seed + n_anchor + i for i in range(n_keep)], steps=gen_steps,
-                                   guidance=guidance, batch_size=8, output_type="latent"))
-        keep_prompts, keep_latents = keep_prompts + more, torch.cat([latents, extra])
-    t_gen = time.perf_counter() - t1
-    log.info("sampled %d anchor (+%d preserved) latents in %.1f s", n_anchor, len(keep_prompts) - n_anchor, t_gen)
+    if not extra_keep:
+        return latents, list(anchor_prompts), latents
+    more = [extra_keep[i % len(extra_keep)] for i in range(n_keep)]
+    extra = torch.stack(sample(pipe, more, [seed + n_anchor + i for i in range(n_keep)], steps=steps,
+                               guidance=guidance, batch_size=8, output_type="latent"))
+    return latents, list(anchor_prompts) + more, torch.cat([latents, extra])
 
-    # 5. fine-tune with Kumari's objective (+ preservation of the anchor's own prompts and --keep-prompts)
-    t2 = time.perf_counter()
+
+def _fine_tune(pipe: Any, latents: Any, target_prompts: list[str], anchor_prompts: list[str], keep_latents: Any,
+               keep_prompts: list[str], *, batch: int, seed: int, steps: int, lr: float, params: str,
+               keep_weight: float) -> dict[str, Any]:
+    """Kumari's objective on the UNet (``runtime.ablation.ablate``): the fine-tuned weights of the trained tensors."""
+    from diffusers import DDPMScheduler
+
+    from ..runtime.ablation import ablate, paired_batches, prompt_encoder
+
     next_batch = paired_batches(latents, target_prompts, anchor_prompts, batch, seed=seed,
                                 keep_latents=keep_latents if keep_weight > 0 else None,
                                 keep_prompts=keep_prompts if keep_weight > 0 else None)
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    weights = ablate(pipe.unet, prompt_encoder(pipe), noise_sched, next_batch, steps=steps, lr=lr, mode=params,
-                     keep_weight=keep_weight, seed=seed, log_every=max(1, steps // 10))
-    t_train = time.perf_counter() - t2
+    return ablate(pipe.unet, prompt_encoder(pipe), noise_sched, next_batch, steps=steps, lr=lr, mode=params,
+                  keep_weight=keep_weight, seed=seed, log_every=max(1, steps // 10))
 
-    # 6. save with provenance
-    base_state = pipe.unet.state_dict()
-    delta_norm = math.sqrt(sum(float((weights[k].float() - base_state[k].float()).pow(2).sum()) for k in weights))
-    base_hash = sha256_path(base) if Path(base).exists() else "not-a-local-path"
-    meta = {"concept": concept, "anchor": anchor, "kind": kind, "objective": "kumari-model-based",
-            "params": params, "steps": steps, "lr": lr, "batch": batch, "keep_weight": keep_weight,
-            "n_anchor": n_anchor, "gen_steps": gen_steps, "guidance": guidance, "seed": seed,
-            "prompts": "toy-world captions" if world_dir else (prompts_file or "templates"),
-            "keep_prompts": f"{keep_prompts_file} ({len(keep_prompts) - n_anchor} images)" if extra_keep else "anchor",
-            "base": base, "base_sha256": base_hash, "made_by": "python -m tad_demo ablate"}
-    save_weights(weights, out, meta)
-    return {"out": out, "concept": concept, "anchor": anchor, "kind": kind, "device": str(dev),
-            "tensors": len(weights), "params": sum(v.numel() for v in weights.values()), "delta_norm": delta_norm,
-            "example_anchor_prompt": anchor_prompts[0], "example_target_prompt": target_prompts[0],
-            "preserved_images": len(keep_prompts) if keep_weight > 0 else 0,
-            "base_sha256": base_hash, "seconds_generate": t_gen, "seconds_train": t_train,
-            "seconds_total": time.perf_counter() - t0}
+
+def _delta_norm(weights: dict[str, Any], base_state: dict[str, Any]) -> float:
+    return math.sqrt(sum(float((weights[k].float() - base_state[k].float()).pow(2).sum()) for k in weights))
+
+
+def _sha256_of(base: str) -> str:
+    from ..core.recipe import sha256_path
+
+    return sha256_path(base) if Path(base).exists() else "not-a-local-path"
 
 
 # --- CLI -------------------------------------------------------------------------------------------------

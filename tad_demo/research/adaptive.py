@@ -18,7 +18,7 @@ The recipe (paper eq. 10–12), for a prompt, its seeds and a pool τ₁ … τ_
 (every candidate *is* the base image: s = 1 and AUC = 0.5, the paper's last column). α > 0 ablates.
 
 The loop is explicit (UNet + scheduler + classifier-free guidance; :class:`Denoiser`) and does the arithmetic of
-diffusers' SD pipeline as :func:`tad_demo.sampling.sample` calls it, on the same batches (32 rows): the base
+diffusers' SD pipeline as :func:`tad_demo.runtime.sampling.sample` calls it, on the same batches (32 rows): the base
 images are bit-identical to ``lab.generate`` (tests/test_adaptive.py checks it).
 
 Cost in UNet image-steps per (prompt, seed), N candidates, T steps, switch at t:
@@ -43,7 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import ClipUnavailable, ModelError
+from ..core.world import World
 from .lab import Lab, LabError, check_lambdas
+from .report import text_table
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +98,7 @@ class Denoiser:
     def __init__(self, pipe: Any, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, guidance: float,
                  height: int | None = None, width: int | None = None, prompt_cache: Any = None,
                  counter: Counter | None = None):
-        from ..sampling import initial_latents
+        from ..runtime.sampling import initial_latents
 
         if len(prompts) != len(seeds):
             raise LabError(f"{len(prompts)} prompts but {len(seeds)} seeds")
@@ -119,7 +122,7 @@ class Denoiser:
         again under a patch that touches the text encoder (without a cache)."""
         import torch
 
-        from ..sampling import PromptCache
+        from ..runtime.sampling import PromptCache
 
         cache = self.cache or PromptCache(self.pipe)
         uncond = cache([""])  # first, as in sample(): a fresh cache encodes the same batches
@@ -386,28 +389,30 @@ class Probe:
     control: str | None = None
 
 
-def toy_probes(pool: Sequence[str], n: int, seed: int = 0) -> list[Probe]:
-    """``n`` toy-world prompts, cycling through four kinds: target object + target style, target object + plain,
-    control object + target style, control object + plain (targets drawn from ``pool``, other attributes and
-    templates random, seeded). A vector is relevant iff the prompt names its concept."""
-    from ..toyworld import world
-
-    objs = [c for c in pool if c in world.OBJECT_TARGETS]
-    stys = [c for c in pool if c in world.STYLE_TARGETS]
+def world_probes(world: World, pool: Sequence[str], n: int, seed: int = 0) -> list[Probe]:
+    """``n`` prompts of a world, cycling through four kinds: target object + target style, target object + plain
+    style, control object + target style, control object + plain style (targets drawn from ``pool``, controls from
+    the world's control concepts, "plain" = the anchor of its style concepts; other words and templates random,
+    seeded). A vector is relevant iff the prompt names its concept."""
+    concepts = {c.name: c for c in world.concepts}
+    objs = [c for c in pool if c in concepts and concepts[c].kind == "object"]
+    stys = [c for c in pool if c in concepts and concepts[c].kind == "style"]
     if not objs and not stys:
         raise LabError(f"pool {list(pool)} has no toy-world target concept")
+    plain = next((c.anchor for c in world.concepts if c.kind == "style"), "plain")
+    controls = list(world.control_concepts)
     kinds = [(o, s) for o, s in (("target", "target"), ("target", "plain"), ("control", "target"),
                                  ("control", "plain")) if (o != "target" or objs) and (s != "target" or stys)]
     rng = random.Random(f"adaptive-{seed}")
     probes = []
     for i in range(n):
         o_kind, s_kind = kinds[i % len(kinds)]
-        obj = rng.choice(objs) if o_kind == "target" else rng.choice(world.CONTROL_OBJECTS)
-        sty = rng.choice(stys) if s_kind == "target" else "plain"
-        scene = world.sample_scene(rng, object=obj, style=sty)
-        prompt = scene.caption(rng.choice(world.PROMPT_TEMPLATES))
+        obj = rng.choice(objs) if o_kind == "target" else rng.choice(controls)
+        sty = rng.choice(stys) if s_kind == "target" else plain
+        words = world.sample_words(rng, object=obj, style=sty)
+        prompt = rng.choice(world.prompt_templates).format(**words)
         probes.append(Probe(prompt, seed * 10_000 + i, frozenset({obj, sty} & set(pool)),
-                            obj if obj in world.CONTROL_OBJECTS else None))
+                            obj if obj in controls else None))
     return probes
 
 
@@ -457,12 +462,12 @@ def auc_table(lab: Lab, t_switches: Sequence[int], alphas: Sequence[float], *, p
     alphas = sorted(set(check_lambdas(alphas, "alphas")))
     methods = [FULL, *sorted({_check_lookahead(m) for m in lookaheads})]
     if probes is None:
-        if not lab.toy:
+        if lab.world is None:
             raise LabError("auc_table needs labelled prompts: pass probes=[Probe(prompt, seed, relevant)] for a "
-                           "model other than the toy world")
+                           "model without a world")
         if n_prompts < 1:
             raise LabError(f"n_prompts: {n_prompts} < 1")
-        probes = toy_probes(pool, n_prompts, seed)
+        probes = world_probes(lab.world, pool, n_prompts, seed)
     probes = list(probes)
     if not any(p.relevant for p in probes):
         raise LabError("no prompt names a pool concept: the AUC is undefined")
@@ -493,12 +498,11 @@ def tradeoff(lab: Lab, table: AucTable, *, t_switch: int, alpha: float, method: 
     Toy world only (it needs the anchors and the control objects)."""
     import numpy as np
 
-    from ..metrics import concept_caption
-    from ..toyworld import world
+    from ..runtime.metrics import concept_caption
 
     t0 = time.time()
-    if not lab.toy:
-        raise LabError("tradeoff needs the toy world (control objects and anchors)")
+    if lab.world is None:
+        raise LabError("tradeoff needs a world (control objects and anchors)")
     key = (t_switch, float(alpha), method)
     if key not in table.branches.sims:
         raise LabError(f"(t_switch={t_switch}, alpha={alpha}, {_method_name(method)}) is not in the AUC table; "
@@ -538,7 +542,7 @@ def tradeoff(lab: Lab, table: AucTable, *, t_switch: int, alpha: float, method: 
                 sc = scorer.scores(feats[i:i + 1], [concept_caption(c, kind), concept_caption(lab.anchor_of(c), kind)])
                 hits[kind].append(bool(sc[0, 0] > sc[0, 1]))
             if p.control:
-                ctrl.append(scorer.classify(feats[i:i + 1], list(world.OBJECTS), "object")[0] == p.control)
+                ctrl.append(scorer.classify(feats[i:i + 1], lab.world.objects, "object")[0] == p.control)
                 if not p.relevant:
                     ctrl_plain.append(ctrl[-1])
         both = hits["object"] + hits["style"]
@@ -760,13 +764,10 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_adaptive(args: Any) -> dict[str, Any]:
-    from ..metrics import ClipUnavailable
-    from ..models import ModelError
-
     if args.steps is not None and args.steps < 1:
         raise LabError(f"--steps: {args.steps} < 1")
     try:
-        lab = Lab.toy_world(args.assets, **({"steps": args.steps} if args.steps else {}))
+        lab = Lab.from_world(args.assets, **({"steps": args.steps} if args.steps else {}))
         if args.auc:
             return _cmd_auc(lab, args)
         if not args.prompt:
@@ -809,10 +810,8 @@ def _cmd_auc(lab: Lab, args: Any) -> dict[str, Any]:
 
 
 def print_adaptive(res: dict[str, Any]) -> None:
-    from ..cli import _table
-
     if res["mode"] == "select":
-        print(_table(["rank", "vector", "similarity", "chosen"],
+        print(text_table(["rank", "vector", "similarity", "chosen"],
                      [[r["rank"], r["vector"], r["similarity"], "yes" if r["chosen"] else ""] for r in res["ranking"]]))
         print(f"\nchosen: {', '.join(res['chosen']) or 'none'}; t_switch {res['t_switch']}/{res['steps']}, "
               f"α {res['alpha']:g}; {res['counts']['unet_calls']} UNet calls, {res['seconds']:.1f} s")
@@ -823,14 +822,14 @@ def print_adaptive(res: dict[str, Any]) -> None:
             ks = list(dict.fromkeys(r["t_switch"] for r in rows))
             cell = {(r["t_switch"], r["alpha"]): r["auc"] for r in rows}
             print(f"ROC AUC, {m} (rows t_switch of {res['steps']}, columns α)")
-            print(_table(["t_switch", *(f"α={a:g}" for a in alphas)], [[k, *(cell[k, a] for a in alphas)]
+            print(text_table(["t_switch", *(f"α={a:g}" for a in alphas)], [[k, *(cell[k, a] for a in alphas)]
                                                                         for k in ks]))
             print()
         if res["tradeoff"]:
             t = res["tradeoff"]
             print(f"trade-off: {t['n_prompts']} prompts, selection at t_switch {t['t_switch']}/{res['steps']}, "
                   f"α {t['alpha']:g} (AUC there {t['auc']:.3f})")
-            print(_table(["way", "target acc", "object", "style", "control acc", "no target named", "vectors"],
+            print(text_table(["way", "target acc", "object", "style", "control acc", "no target named", "vectors"],
                          [[r["way"], r["target_accuracy"], r["target_accuracy_object"], r["target_accuracy_style"],
                            r["control_accuracy"], r["control_accuracy_unnamed"], r["mean_vectors"]]
                           for r in t["rows"]]))

@@ -9,7 +9,7 @@ interfere, and analogies typed as expressions.
     parse_expression("tau_c + tau_b - tau_a", ["a", "b", "c"])   # [("c", 1.0), ("b", 1.0), ("a", -1.0)]
     evaluate_expression("smiley - 0.5*die + striped", vectors)     # a TaskVector
 
-Measures (``tad_demo.diagnostics``): global cosine (missing keys are zeros), per-block cosine over the tensors
+Measures (``tad_demo.core.diagnostics``): global cosine (missing keys are zeros), per-block cosine over the tensors
 both vectors carry, L2 norms, sparsity (share of exact zeros), sign agreement (share of entries with the same
 sign among those non-zero in both; TIES' conflicts are the rest) and the multi-concept paper's count of layers
 whose angle between the two vectors exceeds 75° (fewer ↔ more related concepts).
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .lab import LabError
+from .report import text_table
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +291,7 @@ class AnalysisResult:
 
 def analyze(vectors: Mapping[str, Any], threshold_deg: float = DEFAULT_THRESHOLD) -> AnalysisResult:
     """All measures of the module docstring for named TaskVectors (at least one)."""
-    from .. import diagnostics as d
+    from ..core import diagnostics as d
 
     names = list(vectors)
     if not names:
@@ -314,7 +315,7 @@ def analyze(vectors: Mapping[str, Any], threshold_deg: float = DEFAULT_THRESHOLD
             if i != j:
                 large[i][j] = large[j][i] = d.count_large_angles(tvs[i], tvs[j], threshold_deg, level="layer")
     # UNet order (down, mid, up) over the union of all pairs' blocks, as block_cosine orders one pair's
-    blocks = {b: blocks[b] for b in sorted(blocks, key=d._block_order)}
+    blocks = {b: blocks[b] for b in sorted(blocks, key=d.block_order)}
     return AnalysisResult(names=names, cosine=cos, blocks=blocks, norms=d.norms(dict(vectors)),
                           sparsity={nm: d.sparsity(tv) for nm, tv in zip(names, tvs)},
                           tensors={nm: len(tv) for nm, tv in zip(names, tvs)},
@@ -325,7 +326,7 @@ def analyze(vectors: Mapping[str, Any], threshold_deg: float = DEFAULT_THRESHOLD
 # --- command line --------------------------------------------------------------------------------------------
 def _load_vectors(args: argparse.Namespace) -> dict[str, Any]:
     if args.vectors:
-        from ..task_vector import TaskVector
+        from ..core.task_vector import TaskVector
 
         out = {}
         for p in args.vectors:
@@ -336,9 +337,9 @@ def _load_vectors(args: argparse.Namespace) -> dict[str, Any]:
                 raise LabError(f"--vectors: {p} not found")
             out[name] = TaskVector.load(p)
         return out
-    from .sweep import toy_lab
+    from .sweep import world_lab
 
-    lab = toy_lab(args)
+    lab = world_lab(args)
     names = args.concepts or list(lab.concepts)
     return {n: lab.vector(lab.concept(n).name) for n in names}
 
@@ -353,7 +354,7 @@ def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
         parse_expression(args.expression, list(vectors))
     result = analyze(vectors, threshold_deg=args.threshold)
     if args.expression:
-        from .. import diagnostics as d
+        from ..core import diagnostics as d
 
         terms = parse_expression(args.expression, list(vectors))
         tv = evaluate_expression(args.expression, vectors)
@@ -368,25 +369,23 @@ def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_analysis(result: dict[str, Any]) -> None:
-    from ..cli import _table
-
     names = result["names"]
-    print(_table(["vector", "tensors", "params", "norm", "sparsity"],
+    print(text_table(["vector", "tensors", "params", "norm", "sparsity"],
                  [[n, result["tensors"][n], result["params"][n], result["norms"][n], result["sparsity"][n]]
                   for n in names]))
     print("\nglobal cosine similarity")
-    print(_table(["", *names], [[n, *row] for n, row in zip(names, result["cosine"])]))
+    print(text_table(["", *names], [[n, *row] for n, row in zip(names, result["cosine"])]))
     t = result["threshold_deg"]
     print(f"\npairs (layers over {t:g}°: of the layers both change)")
     rows = [[f"{p['a']} · {p['b']}", p["cosine"], p["angle_deg"],
              "-" if p["sign_agreement"] is None else p["sign_agreement"],
              f"{p[f'layers_over_{t:g}deg']}/{p['shared_layers']}"] for p in result["pairs"]]
-    print(_table(["pair", "cosine", "angle°", "sign agree", f">{t:g}°"], rows))
+    print(text_table(["pair", "cosine", "angle°", "sign agree", f">{t:g}°"], rows))
     if result["expression"]:
         e = result["expression"]
         terms = " ".join(f"{c:+g}·{n}" for n, c in e["terms"])
         print(f"\n{e['text']}  =  {terms}   (norm {e['norm']:.4f}, {e['tensors']} tensors)")
-        print(_table(["cosine with", "value"], [[n, c] for n, c in e["cosine"].items()]))
+        print(text_table(["cosine with", "value"], [[n, c] for n, c in e["cosine"].items()]))
         if e.get("saved"):
             print(f"saved {e['saved']}")
     print(f"\nwrote {', '.join(result['files'].values())}")

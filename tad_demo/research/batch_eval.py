@@ -37,14 +37,18 @@ from typing import Any
 
 import yaml
 
-from .lab import KINDS, Concept, Lab, LabError
+from ..core.limits import HARD
+from ..core.recipe import VECTOR_KINDS
+from ..core.world import Concept
+from .lab import KINDS, Lab, LabError
+from .report import text_table
 
 log = logging.getLogger(__name__)
 
 EVAL_VERSION = 1
 COLUMNS = ("cell_id", "concept", "anchor", "kind", "lambda", "prompt", "seed", "clip_score", "clip_accuracy")
 SUMMARY_COLUMNS = ("concept", "anchor", "kind", "lambda", "images", "clip_score", "clip_score_std", "clip_accuracy")
-FORMATS = ("ablation", "finetuned", "vector", "lora")  # recipe.VECTOR_KINDS (not imported: it pulls in torch)
+FORMATS = VECTOR_KINDS  # how a concept's checkpoint is read: ablation/finetuned weights, a saved τ, a LoRA
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "table_toy.yaml"
 MAX_CELLS = 1_000_000
 MAX_BATCH = 256
@@ -59,21 +63,14 @@ class EvalError(LabError):
 # --- the specification ----------------------------------------------------------------------------------
 
 @dataclass
-class EvalConcept:
-    """A row group of the table. Toy-world concepts need only a name; others an anchor and a checkpoint."""
-
-    name: str
-    anchor: str | None = None
-    kind: str | None = None  # object | style (default: from the world, else object)
-    checkpoint: str | None = None
-    format: str = "ablation"  # how the checkpoint is read: ablation/finetuned weights, a saved τ, a LoRA
-
-
-@dataclass
 class EvalSpec:
-    """What a table evaluates (YAML round-trip with ``to_dict``/``from_dict``)."""
+    """What a table evaluates (YAML round-trip with ``to_dict``/``from_dict``).
 
-    concepts: list[EvalConcept]
+    ``concepts`` are the table's row groups: a world's concept needs only its name (the other fields empty: taken
+    from the world); others an anchor and a checkpoint (``source``); ``kind`` defaults to the world's, else object.
+    """
+
+    concepts: list[Concept]
     lambdas: list[float] = field(default_factory=lambda: [0.0, 1.0])
     seeds: list[int] = field(default_factory=lambda: [42])
     n_prompts: int = 10
@@ -101,15 +98,14 @@ class EvalSpec:
         for i, c in enumerate(self.concepts):
             if not isinstance(c.name, str) or not c.name.strip() or "\n" in c.name or "\r" in c.name:
                 raise EvalError(f"concepts[{i}].name: {c.name!r} is not a one-line, non-empty name")
-            for f in ("anchor", "checkpoint"):
-                v = getattr(c, f)
-                if v is not None and (not isinstance(v, str) or not v.strip() or "\n" in v or "\r" in v):
+            for f, v in (("anchor", c.anchor), ("checkpoint", c.source)):
+                if not isinstance(v, str) or "\n" in v or "\r" in v:
                     raise EvalError(f"concepts[{i}].{f}: {v!r} is not a one-line value; leave it out or fix it")
-            if c.kind is not None and c.kind not in KINDS:
+            if c.kind and c.kind not in KINDS:
                 raise EvalError(f"concepts[{i}].kind: {c.kind!r} is not one of {', '.join(KINDS)}")
             if c.format not in FORMATS:
                 raise EvalError(f"concepts[{i}].format: {c.format!r} is not one of {', '.join(FORMATS)}")
-            if self.base is not None and (c.anchor is None or c.checkpoint is None):
+            if self.base is not None and (not c.anchor or not c.source):
                 raise EvalError(f"concepts[{i}] ({c.name}): with a base model every concept needs an anchor and a "
                                 "checkpoint")
             names.append(c.name)
@@ -119,8 +115,9 @@ class EvalSpec:
         if not self.lambdas:
             raise EvalError("lambdas: give at least one value")
         for lam in self.lambdas:
-            if not _number(lam) or abs(lam) > 100:
-                raise EvalError(f"lambdas: {lam!r} is not a number in [-100, 100] (λ>0 ablates, 0 base, λ<0 enhances)")
+            if not _number(lam) or abs(lam) > HARD.lambda_:
+                raise EvalError(f"lambdas: {lam!r} is not a number in [-{HARD.lambda_:g}, {HARD.lambda_:g}] (λ>0 "
+                                "ablates, 0 base, λ<0 enhances)")
         _unique("lambdas", self.lambdas)
         if not self.seeds:
             raise EvalError("seeds: give at least one seed")
@@ -132,13 +129,14 @@ class EvalSpec:
         _check_int("prompt_seed", self.prompt_seed, 0, 2**63 - 1)
         _check_int("batch_size", self.batch_size, 1, MAX_BATCH)
         if self.steps is not None:
-            _check_int("steps", self.steps, 1, 1000)
+            _check_int("steps", self.steps, 1, HARD.steps)
         for f in ("height", "width"):
             v = getattr(self, f)
-            if v is not None and (not _int(v) or not 8 <= v <= 2048 or v % 8):
-                raise EvalError(f"{f}: {v!r} is not a multiple of 8 in 8..2048")
-        if self.guidance is not None and (not _number(self.guidance) or not 0 <= self.guidance <= 50):
-            raise EvalError(f"guidance: {self.guidance!r} is not a number in [0, 50]")
+            if v is not None and (not _int(v) or not HARD.min_side <= v <= HARD.max_side or v % HARD.side_multiple):
+                raise EvalError(f"{f}: {v!r} is not a multiple of {HARD.side_multiple} in "
+                                f"{HARD.min_side}..{HARD.max_side}")
+        if self.guidance is not None and (not _number(self.guidance) or not 0 <= self.guidance <= HARD.guidance):
+            raise EvalError(f"guidance: {self.guidance!r} is not a number in [0, {HARD.guidance:g}]")
         for name, ps in self.prompts.items():
             if name not in names:
                 raise EvalError(f"prompts: {name!r} is not one of the concepts ({', '.join(names)})")
@@ -160,8 +158,9 @@ class EvalSpec:
 
     # --- YAML --------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        def concept(c: EvalConcept) -> Any:
-            d = {k: v for k, v in vars(c).items() if v is not None and not (k == "format" and v == "ablation")}
+        def concept(c: Concept) -> Any:
+            d = {"name": c.name, "anchor": c.anchor, "kind": c.kind, "checkpoint": c.source, "format": c.format}
+            d = {k: v for k, v in d.items() if v and not (k == "format" and v == "ablation")}
             return c.name if list(d) == ["name"] else d
 
         return {"tad_eval": EVAL_VERSION, "world": self.world, "base": self.base, "clip": self.clip,
@@ -196,17 +195,20 @@ class EvalSpec:
             raise EvalError(f"concepts: {raw!r} is not a list of names or {{name, anchor, kind, checkpoint}}")
         for i, c in enumerate(raw):
             if isinstance(c, str):
-                concepts.append(EvalConcept(c))
+                concepts.append(Concept(c))
             elif isinstance(c, Mapping):
                 extra = sorted(set(c) - {"name", "anchor", "kind", "checkpoint", "format"})
                 if extra:
                     raise EvalError(f"concepts[{i}].{extra[0]}: unknown key; use name, anchor, kind, checkpoint, "
                                     "format")
+                for f in ("anchor", "checkpoint"):  # left out = taken from the world; given = a one-line value
+                    v = c.get(f)
+                    if v is not None and (not isinstance(v, str) or not v.strip() or "\n" in v or "\r" in v):
+                        raise EvalError(f"concepts[{i}].{f}: {v!r} is not a one-line value; leave it out or fix it")
                 ckpt = c.get("checkpoint")
-                concepts.append(EvalConcept(
-                    name=c.get("name"), anchor=c.get("anchor"), kind=c.get("kind"),
-                    checkpoint=_resolve(ckpt, base_dir) if isinstance(ckpt, str) else ckpt,
-                    format=c.get("format", "ablation")))
+                concepts.append(Concept(
+                    name=c.get("name"), kind=c.get("kind") or "", anchor=c.get("anchor") or "",
+                    source=_resolve(ckpt, base_dir) if ckpt else "", format=c.get("format", "ablation")))
             else:
                 raise EvalError(f"concepts[{i}]: {c!r} is neither a name nor a mapping")
         seeds = d.get("seeds", [42])
@@ -311,7 +313,7 @@ def build_lab(spec: EvalSpec, models: Any = None) -> Lab:
     if models is not None:
         kw["models"] = models
     if spec.base is None:
-        lab = Lab.toy_world(spec.world, **kw)
+        lab = Lab.from_world(spec.world, **kw)
         if spec.clip:
             lab.clip = spec.clip
     else:
@@ -319,13 +321,13 @@ def build_lab(spec: EvalSpec, models: Any = None) -> Lab:
 
         lab = Lab(base=spec.base, concepts={}, clip=spec.clip, templates=dict(PROMPT_TEMPLATES), **kw)
     for i, c in enumerate(spec.concepts):
-        if c.checkpoint is not None:
-            if not Path(c.checkpoint).expanduser().exists():
-                raise EvalError(f"concepts[{i}].checkpoint: {c.checkpoint!r} not found")
+        if c.source:
+            if not Path(c.source).expanduser().exists():
+                raise EvalError(f"concepts[{i}].checkpoint: {c.source!r} not found")
             anchor = c.anchor or lab.anchor_of(c.name)
             if not anchor:
                 raise EvalError(f"concepts[{i}] ({c.name}): give an anchor (the concept the checkpoint maps it to)")
-            lab.concepts[c.name] = Concept(c.name, anchor, c.kind or lab.kind_of(c.name), c.checkpoint, c.format)
+            lab.concepts[c.name] = Concept(c.name, c.kind or lab.kind_of(c.name), anchor, c.source, c.format)
         elif c.name in lab.concepts:
             old = lab.concepts[c.name]
             lab.concepts[c.name] = replace(old, anchor=c.anchor or old.anchor, kind=c.kind or old.kind)
@@ -467,7 +469,7 @@ def settings_of(spec: EvalSpec, lab: Lab) -> dict[str, Any]:
 
     concepts = {c.name: {"anchor": lab.concepts[c.name].anchor, "kind": lab.concepts[c.name].kind,
                          "checkpoint": path(lab.concepts[c.name].source),
-                         "format": lab.concepts[c.name].vector_kind} for c in spec.concepts}
+                         "format": lab.concepts[c.name].format} for c in spec.concepts}
     return {"base": path(lab.base), "clip": path(lab.clip), "steps": lab.steps, "guidance": lab.guidance,
             "height": lab.height, "width": lab.width, "batch_size": spec.batch_size, "concepts": concepts}
 
@@ -529,8 +531,8 @@ def run_eval(spec: EvalSpec, out: str | Path, *, lab: Lab | None = None, process
     """Run (or resume) the table of ``spec`` into ``out`` (see the module docstring). ``lab``: a loaded Lab to
     reuse (its steps/guidance/size win over the spec's); ``progress(done, total)`` after each unit (raise to stop).
     Returns a summary dict on the main process; other processes return what they ran."""
-    from ..metrics import ClipUnavailable
-    from ..models import Models
+    from ..core.errors import ClipUnavailable
+    from ..runtime.models import Models
 
     t0 = time.perf_counter()
     # 1. spec and lab
@@ -659,11 +661,9 @@ def cmd_eval(args: Any) -> dict[str, Any]:
 def print_eval(result: Mapping[str, Any]) -> None:
     if "summary" not in result:
         return  # a non-main process under accelerate: the main one prints the table
-    from ..cli import _table
-
     rows = [[s["concept"], s["anchor"], f"{s['lambda']:+g}" if s["lambda"] else "0", s["images"], s["clip_score"],
              s["clip_accuracy"]] for s in result["summary"]]
-    print(_table(["concept", "anchor", "λ", "images", "CLIP score", "CLIP accuracy"], rows))
+    print(text_table(["concept", "anchor", "λ", "images", "CLIP score", "CLIP accuracy"], rows))
     print(f"\nwrote {result['results']} ({result['cells']} rows), {result['summary_csv']}, {result['plot']}; "
           f"{result['units_run']} of {result['units']} units run here in {result['seconds']:.1f} s on "
           f"{result['processes']} process(es)")

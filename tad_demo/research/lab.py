@@ -1,7 +1,7 @@
 """The research views' common ground: a base model, its concepts (each an ablation vector with an anchor), a CLIP
 scorer, and one way to generate and score images under a weight combination.
 
-    lab = Lab.toy_world()                       # or Lab(base=..., concepts=[Concept(...)], clip=...)
+    lab = Lab.from_world("assets/toyworld")     # or Lab(base=..., concepts={name: Concept(...)}, clip=...)
     combo = [(lab.vector("smiley"), 1.0)]       # λ = +1 ablates, 0 is the base, −1 enhances
     images = lab.generate(lab.prompts("smiley", 8), seeds=range(8), combo=combo)
     lab.metrics(images, "smiley")               # {"clip_score": …, "clip_accuracy": …}
@@ -12,40 +12,35 @@ prompt, seed and weights: the same (prompt, seed, λ) gives the same image in ev
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..models import ModelError, Models
+from ..core.errors import LabError, ModelError, WorldError
+from ..core.limits import HARD
+from ..core.world import KINDS, Concept, World, default_world
+
+if TYPE_CHECKING:
+    from ..runtime.models import Models
 
 log = logging.getLogger(__name__)
 
-KINDS = ("object", "style")
-# Prompt templates for real models (Kumari's evaluation prompts are captions of this shape); the toy world uses
-# its own renderer's captions instead.
+# Prompt templates for models without a world (Kumari's evaluation prompts are captions of this shape); a world
+# draws its prompts from its own vocabulary and templates instead.
 DEFAULT_TEMPLATES = {"object": ("a photo of {object}",), "style": ("a painting in {style} style",)}
 
 Combo = Sequence[tuple[Any, float]]  # (TaskVector, λ) pairs applied together
 
 
-class LabError(ValueError):
-    """A research request that cannot run (unknown concept, bad λ list, ...); the message says which value."""
+def _models() -> Models:
+    # runtime (torch, diffusers) is imported when a Lab is made, not when the research commands are registered
+    from ..runtime.models import Models
 
-
-@dataclass(frozen=True)
-class Concept:
-    """A target concept: its ablation checkpoint (fine-tuned weights or a saved τ) and the anchor it maps to."""
-
-    name: str
-    anchor: str
-    kind: str = "object"  # "object" | "style"
-    source: str = ""  # checkpoint path
-    vector_kind: str = "ablation"  # recipe.VECTOR_KINDS: ablation/finetuned, vector, lora
+    return Models()
 
 
 @dataclass
@@ -61,26 +56,20 @@ class Lab:
     height: int | None = None
     width: int | None = None
     templates: dict[str, Sequence[str]] = field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
-    toy: bool = False  # prompts come from the toy world's renderer captions
-    models: Models = field(default_factory=Models)
+    world: World | None = None  # prompts come from the world's vocabulary and templates
+    models: Models = field(default_factory=_models)
 
     # --- construction ------------------------------------------------------------------------------------
     @classmethod
-    def toy_world(cls, assets: str | Path | None = None, **kw: Any) -> Lab:
-        """The embedded toy world (assets/toyworld): base, its 7 ablation checkpoints and the toy CLIP."""
-        from ..grid import default_assets
-
-        root = Path(assets) if assets else default_assets()
-        meta_path = root / "world.json"
-        if not meta_path.exists():
-            raise LabError(f"{meta_path} not found; pass the toy world folder (assets/toyworld)")
-        meta = json.loads(meta_path.read_text())
-        concepts = {c["name"]: Concept(c["name"], c["anchor"], c["kind"], str(root / c["checkpoint"]))
-                    for c in meta["concepts"]}
-        d = meta.get("defaults", {})
-        kw = {"steps": d.get("num_inference_steps", 20), "guidance": d.get("guidance_scale", 5.0),
-              "height": d.get("height"), "width": d.get("width"), **kw}
-        return cls(base=str(root / "base"), concepts=concepts, clip=str(root / "clip"), toy=True, **kw)
+    def from_world(cls, folder: str | Path | World | None = None, **kw: Any) -> Lab:
+        """The lab of a world folder (default: the shipped toy world): its base, concepts, CLIP and defaults."""
+        try:
+            world = folder if isinstance(folder, World) else World.load(folder or default_world())
+        except WorldError as e:
+            raise LabError(str(e)) from None
+        kw = {"steps": world.steps, "guidance": world.guidance, "height": world.height, "width": world.width, **kw}
+        return cls(base=str(world.base_path), concepts={c.name: c for c in world.concepts},
+                   clip=str(world.root / world.clip), world=world, **kw)
 
     def concept(self, name: str) -> Concept:
         try:
@@ -97,36 +86,35 @@ class Lab:
         """τ of a concept's checkpoint against the base (cached; λ = +1 ablates)."""
         c = self.concept(name)
         self.pipe  # noqa: B018 - vectors are built against the loaded base
-        return self.models.vector(c.source, kind=c.vector_kind)
+        return self.models.vector(c.source, kind=c.format)
 
     @property
     def scorer(self) -> Any:
         return self.models.clip(self.clip)
 
     def prompts(self, name: str, n: int, seed: int = 42) -> list[str]:
-        """``n`` prompts naming concept ``name`` (or any world word for the toy world), seeded."""
+        """``n`` prompts naming concept ``name`` (or any word of the lab's world), seeded."""
         kind = self.kind_of(name)  # world words that are not concepts ("plain") keep their own kind
         rng = random.Random(f"{seed}-{name}")
-        if self.toy:
-            from ..toyworld import world
-
-            if kind == "object" and name not in world.OBJECTS or kind == "style" and name not in world.STYLES:
-                raise LabError(f"{name!r} is not a toy-world {kind}; objects: {', '.join(world.OBJECTS)}; "
-                               f"styles: {', '.join(world.STYLES)}")
-            templates = [t for t in world.PROMPT_TEMPLATES if "{" + kind + "}" in t]
-            return [world.sample_scene(rng, **{kind: name}).caption(rng.choice(templates)) for _ in range(n)]
+        w = self.world
+        if w is not None:
+            if name not in w.words(kind):
+                raise LabError(f"{name!r} is not a toy-world {kind}; objects: {', '.join(w.objects)}; "
+                               f"styles: {', '.join(w.styles)}")
+            templates = w.templates_with(kind)
+            prompts = []
+            for _ in range(n):
+                words = w.sample_words(rng, **{kind: name})  # the words first, then the template (seeded order)
+                prompts.append(rng.choice(templates).format(**words))
+            return prompts
         templates = list(self.templates.get(kind) or DEFAULT_TEMPLATES[kind])
         return [rng.choice(templates).format(**{kind: name}) for _ in range(n)]
 
     def kind_of(self, name: str) -> str:
-        """``object`` or ``style`` for a concept or (toy world) any world word."""
+        """``object`` or ``style`` for a concept or any word of the lab's world."""
         if name in self.concepts:
             return self.concepts[name].kind
-        if self.toy:
-            from ..toyworld import world
-
-            return "style" if name in world.STYLES else "object"
-        return "object"
+        return self.world.kind_of(name) if self.world is not None else "object"
 
     def anchor_of(self, name: str) -> str | None:
         return self.concepts[name].anchor if name in self.concepts else None
@@ -135,7 +123,7 @@ class Lab:
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], combo: Combo = (),
                  callback: Callable[[int, int, int], None] | None = None, **pipe_kwargs: Any) -> list[Any]:
         """Images for (prompt, seed) pairs under θ_base + Σ λ τ (weights restored bit-exactly afterwards)."""
-        from ..sampling import sample
+        from ..runtime.sampling import sample
 
         pipe = self.pipe
         with self.models.computing():
@@ -156,7 +144,7 @@ class Lab:
         return out
 
 
-def check_lambdas(values: Sequence[Any], what: str = "lambdas", limit: float = 100.0, *, hint: str = "",
+def check_lambdas(values: Sequence[Any], what: str = "lambdas", limit: float = HARD.lambda_, *, hint: str = "",
                   distinct: bool = False) -> list[float]:
     """Finite λ values within ±limit (each once if ``distinct``), else a LabError naming the value; ``hint`` is
     appended to the out-of-range message. The one λ-list check of the CLI, the library and the app."""
@@ -178,4 +166,4 @@ def check_lambdas(values: Sequence[Any], what: str = "lambdas", limit: float = 1
     return out
 
 
-__all__ = ["Concept", "Lab", "LabError", "ModelError", "check_lambdas", "KINDS"]
+__all__ = ["KINDS", "Concept", "Lab", "LabError", "ModelError", "check_lambdas"]

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from .lab import Lab, LabError, check_lambdas
-from .sweep import DEFAULT_SEED, check_names, clip_guard, concept_metrics, seeds_for, toy_lab
+from .report import log_progress, text_table
+from .sweep import DEFAULT_SEED, check_names, clip_guard, concept_metrics, seeds_for, world_lab
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,10 @@ ProgressFn = Callable[[str, int, int], None]
 
 
 def default_controls(lab: Lab, concepts: Sequence[str]) -> list[str]:
-    """Toy world: its never-ablated objects (cross, heart). Elsewhere: the anchors of the concepts (they are
-    what the ablated concepts turn into, so they should survive)."""
-    if lab.toy:
-        from ..toyworld import world
-
-        return list(world.CONTROL_OBJECTS)
+    """In a world: its never-ablated control concepts (toy world: cross, heart). Elsewhere: the anchors of the
+    concepts (they are what the ablated concepts turn into, so they should survive)."""
+    if lab.world is not None:
+        return list(lab.world.control_concepts)
     return list(dict.fromkeys(a for c in concepts if (a := lab.anchor_of(c)) and a not in concepts))
 
 
@@ -161,30 +160,11 @@ def run_multi(lab: Lab, concepts: Sequence[str], methods: Sequence[str] = DEFAUL
     """Merge the first N concept vectors with each method (N in ``ns``, default 1 … len(concepts)), apply, and
     measure target and control accuracy (see the module docstring). ``weights``: λ per concept (default 1.0);
     ``params``: {method: {param: value}} for ``merge_methods.merge``."""
-    from .. import merge_methods
-    from ..diagnostics import random_like
+    from ..core.diagnostics import random_like
+    from ..core.merge_methods import merge
 
     # 1. check everything before the first image
-    concepts = list(concepts)
-    if not concepts:
-        raise LabError("concepts: give at least one concept to ablate")
-    if len(set(concepts)) != len(concepts):
-        raise LabError(f"concepts: {concepts} lists a concept twice")
-    for c in concepts:
-        lab.concept(c)
-    weights = check_lambdas(weights if weights is not None else [1.0] * len(concepts), "weights")
-    if len(weights) != len(concepts):
-        raise LabError(f"weights: got {len(weights)} for {len(concepts)} concepts; give one λ per concept")
-    methods = list(dict.fromkeys(methods))
-    params = {m: dict(p) for m, p in (params or {}).items()}
-    for m in params:
-        if m not in methods:
-            raise LabError(f"params given for method {m!r}, which is not in methods {methods}")
-    for m in methods:
-        merge_methods.get_method(m).validate(params.get(m, {}))  # unknown method/parameter: MergeError now
-    ns = sorted(set(range(1, len(concepts) + 1) if ns is None else (int(n) for n in ns)))
-    if not ns or ns[0] < 1 or ns[-1] > len(concepts):
-        raise LabError(f"ns={ns}: each N must be in 1 … {len(concepts)}")
+    concepts, methods, weights, params, ns = _check_request(lab, concepts, methods, weights, params, ns)
     seeds = seeds_for(n_prompts, seeds)
     controls = check_names(lab, default_controls(lab, concepts) if controls is None else controls, "controls")
     clash = [c for c in controls if c in concepts]
@@ -202,44 +182,77 @@ def run_multi(lab: Lab, concepts: Sequence[str], methods: Sequence[str] = DEFAUL
         runs.append((BASE, 0, lambda: None))
     for m in methods:
         for n in ns:
-            runs.append((m, n, lambda m=m, n=n: merge_methods.merge(taus[:n], method=m, weights=weights[:n],
-                                                                    **params.get(m, {}))))
+            runs.append((m, n, lambda m=m, n=n: merge(taus[:n], method=m, weights=weights[:n], **params.get(m, {}))))
     if random_baseline:
         for n in ns:
-            runs.append((RANDOM, n, lambda n=n: merge_methods.merge(randoms[:n], "linear", weights=weights[:n])))
+            runs.append((RANDOM, n, lambda n=n: merge(randoms[:n], "linear", weights=weights[:n])))
 
+    # 3. one batch per run: the ablated targets (all of them for the base line) and the controls
     result = MultiResult(concepts=concepts, methods=methods, controls=controls, weights=weights, params=params,
                          seeds=seeds, steps=lab.steps)
     for i, (method, n, build) in enumerate(runs):
         if progress:
             progress(f"{method} N={n}", i, len(runs))
-        merged = build()
-        # 3. one batch: the ablated targets (all of them for the base line) and the controls
-        targets = concepts if method == BASE else concepts[:n]
-        names = [*targets, *controls]
-        images = lab.generate([p for c in names for p in prompts[c]], seeds * len(names),
-                              [(merged, 1.0)] if merged is not None else [])
-        feats = lab.scorer.image_features(images)
-        per = {}
-        for j, name in enumerate(names):
-            per[name] = concept_metrics(lab, feats[j * len(seeds):(j + 1) * len(seeds)], name, extra=controls)
-            result.detail.append({"method": method, "n": n, "concept": name,
-                                  "role": "target" if name in targets else "control", "images": per[name]["n"],
-                                  **{k: per[name][k] for k in ("clip_score", "clip_accuracy",
-                                                               "accuracy_definition")}})
-        def mean(group: Sequence[str], k: str, per: dict = per) -> float:
-            return sum(per[c][k] for c in group) / len(group)
-
-        result.rows.append({"method": method, "n": n, "ablated": "+".join(concepts[:n]),
-                            "target_accuracy": mean(targets, "clip_accuracy"),
-                            "control_accuracy": mean(controls, "clip_accuracy"),
-                            "target_score": mean(targets, "clip_score"), "control_score": mean(controls, "clip_score"),
-                            "merged_norm": merged.norm() if merged is not None else 0.0})
-        log.info("%s N=%d: target %.3f control %.3f", method, n, result.rows[-1]["target_accuracy"],
-                 result.rows[-1]["control_accuracy"])
+        _measure(lab, result, method, n, build(), prompts)
     if progress:
         progress("done", len(runs), len(runs))
     return result
+
+
+def _check_request(lab: Lab, concepts: Sequence[str], methods: Sequence[str], weights: Sequence[float] | None,
+                   params: Mapping[str, Mapping[str, Any]] | None, ns: Sequence[int] | None) -> tuple:
+    """The request's concepts, methods, weights, parameters and N values, checked (LabError / MergeError)."""
+    from ..core.merge_methods import get_method
+
+    concepts = list(concepts)
+    if not concepts:
+        raise LabError("concepts: give at least one concept to ablate")
+    if len(set(concepts)) != len(concepts):
+        raise LabError(f"concepts: {concepts} lists a concept twice")
+    for c in concepts:
+        lab.concept(c)
+    weights = check_lambdas(weights if weights is not None else [1.0] * len(concepts), "weights")
+    if len(weights) != len(concepts):
+        raise LabError(f"weights: got {len(weights)} for {len(concepts)} concepts; give one λ per concept")
+    methods = list(dict.fromkeys(methods))
+    params = {m: dict(p) for m, p in (params or {}).items()}
+    for m in params:
+        if m not in methods:
+            raise LabError(f"params given for method {m!r}, which is not in methods {methods}")
+    for m in methods:
+        get_method(m).validate(params.get(m, {}))  # unknown method/parameter: MergeError now
+    ns = sorted(set(range(1, len(concepts) + 1) if ns is None else (int(n) for n in ns)))
+    if not ns or ns[0] < 1 or ns[-1] > len(concepts):
+        raise LabError(f"ns={ns}: each N must be in 1 … {len(concepts)}")
+    return concepts, methods, weights, params, ns
+
+
+def _measure(lab: Lab, result: MultiResult, method: str, n: int, merged: Any, prompts: Mapping[str, list[str]]
+             ) -> None:
+    """Generate one run's batch under θ_base + merged and add its rows (per concept and the means) to ``result``."""
+    seeds, controls = result.seeds, result.controls
+    targets = result.concepts if method == BASE else result.concepts[:n]
+    names = [*targets, *controls]
+    images = lab.generate([p for c in names for p in prompts[c]], seeds * len(names),
+                          [(merged, 1.0)] if merged is not None else [])
+    feats = lab.scorer.image_features(images)
+    per = {}
+    for j, name in enumerate(names):
+        per[name] = concept_metrics(lab, feats[j * len(seeds):(j + 1) * len(seeds)], name, extra=controls)
+        result.detail.append({"method": method, "n": n, "concept": name,
+                              "role": "target" if name in targets else "control", "images": per[name]["n"],
+                              **{k: per[name][k] for k in ("clip_score", "clip_accuracy", "accuracy_definition")}})
+
+    def mean(group: Sequence[str], k: str) -> float:
+        return sum(per[c][k] for c in group) / len(group)
+
+    result.rows.append({"method": method, "n": n, "ablated": "+".join(result.concepts[:n]),
+                        "target_accuracy": mean(targets, "clip_accuracy"),
+                        "control_accuracy": mean(controls, "clip_accuracy"),
+                        "target_score": mean(targets, "clip_score"), "control_score": mean(controls, "clip_score"),
+                        "merged_norm": merged.norm() if merged is not None else 0.0})
+    log.info("%s N=%d: target %.3f control %.3f", method, n, result.rows[-1]["target_accuracy"],
+             result.rows[-1]["control_accuracy"])
 
 
 # --- command line --------------------------------------------------------------------------------------------
@@ -260,7 +273,7 @@ def parse_params(items: Sequence[str] | None) -> dict[str, dict[str, Any]]:
 
 
 def cmd_multi(args: argparse.Namespace) -> dict[str, Any]:
-    lab = toy_lab(args)
+    lab = world_lab(args)
     weights = args.weights
     if weights and len(weights) == 1:
         weights = weights * len(args.concepts)  # one λ for all
@@ -270,19 +283,17 @@ def cmd_multi(args: argparse.Namespace) -> dict[str, Any]:
         lab, args.concepts, methods=args.methods, weights=weights, params=parse_params(args.param),
         n_prompts=args.n_prompts, seeds=[args.seed + i for i in range(args.n_prompts)], controls=args.controls,
         random_baseline=not args.no_random, random_seed=args.random_seed, ns=args.ns, prompt_seed=args.seed,
-        progress=lambda s, i, n: log.info("multi %s (%d/%d)", s, i + 1, n)))
+        progress=log_progress("multi")))
     files = result.save(args.out)
     return {**result.as_dict(), "files": {k: str(v) for k, v in files.items()}}
 
 
 def print_multi(result: dict[str, Any]) -> None:
-    from ..cli import _table
-
     rows = [[r["method"], r["n"], r["target_accuracy"], r["control_accuracy"], r["target_score"],
              r["control_score"], r["merged_norm"]] for r in result["rows"]]
     print(f"ablation order: {' → '.join(result['concepts'])}; controls: {', '.join(result['controls'])}; "
           f"{len(result['seeds'])} images per concept, {result['steps']} steps")
-    print(_table(["method", "N", "target acc", "control acc", "target score", "control score", "‖merged‖"], rows))
+    print(text_table(["method", "N", "target acc", "control acc", "target score", "control score", "‖merged‖"], rows))
     print("\ntarget acc: mean over the N ablated concepts of P(score concept > score anchor); control acc: mean "
           "zero-shot accuracy of the controls")
     print(f"wrote {', '.join(result['files'].values())}")

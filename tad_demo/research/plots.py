@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# Colours of the grid's labels (tad_demo.grid): ablate red, enhance green.
+# Colours of the grid's labels (tad_demo/grid/render.py): ablate red, enhance green.
 ABLATE_COLOR, ENHANCE_COLOR = "#b91c1c", "#15803d"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 

@@ -1,6 +1,6 @@
 """Sweep: CLIP score and CLIP accuracy of a concept and of control concepts over a list of λ (TAD, Table 2).
 
-    lab = Lab.toy_world()
+    lab = Lab.from_world("assets/toyworld")
     result = run_sweep(lab, "smiley", [-2, -1, 0, 0.5, 1], n_prompts=8)
     result.rows          # one row per (λ, concept): lambda, concept, role, clip_score, clip_accuracy, n, …
     result.save("out/")  # out/sweep.csv, out/sweep.png
@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import ClipUnavailable
 from .lab import Lab, LabError, check_lambdas
+from .report import log_progress, text_table
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,10 @@ ProgressFn = Callable[[str, int, int], None]
 
 # --- measuring a concept (shared with multi.py) ------------------------------------------------------------
 def labels_of(lab: Lab, kind: str, extra: Sequence[str] = ()) -> list[str]:
-    """The zero-shot label set of a kind: the toy world's objects/styles, else the lab's concepts, anchors and
-    ``extra`` names of that kind."""
-    if lab.toy:
-        from ..toyworld import world
-
-        return list(world.OBJECTS if kind == "object" else world.STYLES)
+    """The zero-shot label set of a kind: the words of that kind in the lab's world, else the lab's concepts,
+    anchors and ``extra`` names of that kind."""
+    if lab.world is not None:
+        return lab.world.words(kind)
     names = [n for c in lab.concepts.values() if c.kind == kind for n in (c.name, c.anchor)]
     names += [n for n in extra if lab.kind_of(n) == kind]
     return list(dict.fromkeys(names))
@@ -99,13 +99,12 @@ def check_names(lab: Lab, names: Sequence[str], what: str) -> list[str]:
 
 
 def default_controls(lab: Lab, concept: str) -> list[str]:
-    """The toy world's never-ablated objects (cross, heart) and one other style concept; elsewhere up to three
-    other concepts."""
-    if lab.toy:
-        from ..toyworld import world
-
-        style = next(s for s in world.STYLE_TARGETS if s != concept)
-        return [*world.CONTROL_OBJECTS, style]
+    """In a world: its never-ablated control concepts (toy world: cross, heart) and its first other style that is
+    no anchor (a style some concept stands for); elsewhere up to three other concepts."""
+    w = lab.world
+    if w is not None:
+        style = next((s for s in w.styles if s != concept and s not in w.anchors()), None)
+        return [*w.control_concepts, *([style] if style else [])]
     return [n for n in lab.concepts if n != concept][:3]
 
 
@@ -255,16 +254,14 @@ def run_sweep(lab: Lab, concept: str, lambdas: Sequence[float], controls: Sequen
 
 
 # --- command line --------------------------------------------------------------------------------------------
-def toy_lab(args: argparse.Namespace) -> Lab:
-    """The toy world lab of ``--assets`` with ``--steps`` (shared by the research commands)."""
+def world_lab(args: argparse.Namespace) -> Lab:
+    """The lab of the world folder ``--assets`` with ``--steps`` (shared by the research commands)."""
     kw = {"steps": args.steps} if getattr(args, "steps", None) else {}
-    return Lab.toy_world(args.assets, **kw)
+    return Lab.from_world(args.assets, **kw)
 
 
 def clip_guard(fn: Callable[[], Any]) -> Any:
     """Run ``fn`` with a missing CLIP turned into a one-line LabError (the CLI prints it and exits 2)."""
-    from ..metrics import ClipUnavailable
-
     try:
         return fn()
     except ClipUnavailable as e:
@@ -272,24 +269,22 @@ def clip_guard(fn: Callable[[], Any]) -> Any:
 
 
 def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
-    lab = toy_lab(args)
+    lab = world_lab(args)
     result = clip_guard(lambda: run_sweep(lab, args.concept, args.lambdas, controls=args.controls,
                                           n_prompts=args.n_prompts, prompt_seed=args.seed,
                                           seeds=[args.seed + i for i in range(args.n_prompts)],
-                                          progress=lambda s, i, n: log.info("sweep %s (%d/%d)", s, i + 1, n)))
+                                          progress=log_progress("sweep")))
     files = result.save(args.out)
     return {**result.as_dict(), "files": {k: str(v) for k, v in files.items()}}
 
 
 def print_sweep(result: dict[str, Any]) -> None:
-    from ..cli import _table
-
     res = SweepResult(**{k: result[k] for k in ("concept", "lambdas", "rows", "prompts", "seeds", "steps",
                                                  "roles", "anchors")})
     for metric, title in (("clip_accuracy", "CLIP accuracy"), ("clip_score", "CLIP score")):
         headers, rows = res.table(metric)
         print(f"{title} ({len(res.seeds)} images per cell, {res.steps} steps; * = target)")
-        print(_table(headers, rows), end="\n\n")
+        print(text_table(headers, rows), end="\n\n")
     for name in res.roles:
         d = next(r["accuracy_definition"] for r in res.rows if r["concept"] == name)
         print(f"  {name} ({res.roles[name]}): accuracy = {d}")

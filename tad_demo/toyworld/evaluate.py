@@ -3,7 +3,7 @@
 Run: ``python -m tad_demo.toyworld.evaluate`` (about half an hour on 2 cores) or ``--quick`` (minutes; few
 images, used by the tests). Every image comes from fixed seeds, so the numbers are reproducible.
 
-What is measured (issue bars in brackets):
+What is measured (target bars in brackets):
   a. toy CLIP zero-shot accuracy on held-out renders                              [object, style ≥ 0.95]
   b. base: CLIP accuracy target-vs-anchor per target concept                      [≥ 0.85]
      base: prompt following (object, style, colour classified right)              [≥ 0.8]
@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..diagnostics import random_like
-from ..metrics import ClipScorer
-from ..patching import WeightPatcher
-from ..sampling import PromptCache, sample
-from ..task_vector import TaskVector
+from ..core.diagnostics import random_like
+from ..core.patching import WeightPatcher
+from ..core.task_vector import TaskVector
+from ..core.world import World
+from ..runtime.metrics import ClipScorer
+from ..runtime.sampling import PromptCache, sample
 from . import world
 from .data import ASSETS
 
@@ -206,12 +207,12 @@ def run(args: argparse.Namespace) -> dict:
 
     sizes = QUICK if args.quick else Sizes()
     root = Path(args.assets)
-    meta = json.loads((root / "world.json").read_text())
+    meta = World.load(root)
     pipe = StableDiffusionPipeline.from_pretrained(root / "base")
     pipe.set_progress_bar_config(disable=True)
     clip = ClipScorer.load(root / "clip")
     ev = Evaluator(pipe, clip, sizes)
-    vectors = {c["name"]: TaskVector.from_pair(root / "base", root / c["checkpoint"]) for c in meta["concepts"]}
+    vectors = {c.name: TaskVector.from_pair(root / "base", c.source) for c in meta.concepts}
     targets = [t for t in TARGETS if t in vectors and (not args.concepts or t in args.concepts)]
     res: dict = {"sizes": sizes.__dict__, "steps": STEPS, "guidance": GUIDANCE}
     t0 = time.time()

@@ -13,7 +13,6 @@ the base model learned, and rendering is ~100× cheaper than sampling on a CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
 from dataclasses import replace
@@ -21,7 +20,8 @@ from pathlib import Path
 
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 
-from ..ablation import AblationBatch, ablate, prompt_encoder, save_weights
+from ..core.world import World
+from ..runtime.ablation import AblationBatch, ablate, prompt_encoder, save_weights
 from . import world
 from .data import ASSETS, random_caption, render_dataset
 from .train_base import SD_BETAS, encode_latents
@@ -106,12 +106,11 @@ def main(argv: list[str] | None = None) -> None:
         save_weights(weights, out / f"{concept}.safetensors", meta)
         log.info("saved %s (%d tensors)", out / f"{concept}.safetensors", len(weights))
 
-    # 4. the world's manifest (★3) points at the checkpoints that exist (earlier runs' included); a smoke run
+    # 4. the world's manifest points at the checkpoints that exist (earlier runs' included); a smoke run
     #    into the shipped folder must not rewrite the shipped manifest
     if not args.smoke or out.resolve() != (ASSETS / "ablations").resolve():
-        manifest = world.manifest(out.name)
-        manifest["concepts"] = [c for c in manifest["concepts"] if (out.parent / c["checkpoint"]).is_file()]
-        (out.parent / "world.json").write_text(json.dumps(manifest, indent=2))
+        manifest = World.from_dict(world.manifest(out.name), out.parent)
+        manifest.with_concepts(manifest.available_concepts()).save()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,364 @@
+"""The research views' service: widget values → validated arguments → ``tad_demo.research`` → files for the UI/API.
+
+    research = ResearchService(service)     # the grid service's settings, toy world and one Models cache
+    out = research.sweep("smiley", "-2, -1, 0, 0.5, 1", n_prompts=4, steps=20, progress=print)
+    out["table"], out["plot"], out["csv"], out["status"]
+
+Rules, as in the grid service (an API client can bypass every widget):
+* every value is checked with ``app/validation.py`` and refused with a one-line ``UserError`` naming the field and
+  the limit (``core/limits.py``); the UI edge shows it as ``gr.Error``;
+* a run's cost is bounded before anything loads: at most ``BUDGET`` image-steps (images × denoising steps);
+* library errors (LabError, ExpressionError, ModelError, MergeError, ClipUnavailable, …) become ``UserError`` with
+  the library's message; anything unexpected is logged and reported in one line;
+* the research views run on the app's world (its concepts are the choices) and generate through the grid
+  service's :class:`~tad_demo.runtime.models.Models`, so the base, CLIP and vectors load once for both;
+* outputs go to bounded folders under ``<work dir>/research`` (TTL and count of the grid's run folders); the
+  only per-user state is the grid service's cancel flag of a running request (checked between stages).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import Cancelled, TadError
+from ..core.limits import APP
+from ..core.merge_methods import METHODS
+from ..research.lab import Lab
+from .errors import UserError
+from .service import Service, new_run_dir
+from .service.guard import guard
+from .validation import (
+    check_budget,
+    parse_choice,
+    parse_choices,
+    parse_int,
+    parse_lambda_list,
+    parse_line,
+    parse_number,
+    parse_seeds,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_LAMBDAS = int(APP["max_lambdas"].default)        # λ values of one sweep
+MAX_PROMPTS = int(APP["max_prompts"].default)        # prompts (images) per concept and λ / run
+CPU_MAX_STEPS = int(APP["cpu_max_steps"].default)    # denoising steps on a CPU (max_steps applies on a GPU)
+MAX_ALPHA = float(APP["max_alpha"].default)          # candidate strength of adaptive selection (the paper's largest α)
+MAX_EXPRESSION = int(APP["max_expression"].default)  # characters of an analogy expression
+MAX_PROMPT = int(APP["max_prompt"].default)          # characters of the adaptive prompt
+BUDGET = int(APP["budget"].default)  # image-steps per run: 640 toy-world images at 20 steps, ≈ 6 min on 2 CPU cores
+MULTI_DEFAULT_METHODS = ("linear", "ties")
+
+ProgressFn = Callable[[str, int, int], None]
+RESEARCH_ERRORS = (TadError, FileNotFoundError, ValueError)
+
+
+def research_errors(what: str) -> contextlib.AbstractContextManager[None]:
+    """The grid service's error mapping, with ValueError as a refusal too and the view named in the message."""
+    return guard(what, name_it=True, refusals=RESEARCH_ERRORS)
+
+
+def _r(x: Any, nd: int = 3) -> Any:
+    """A number rounded for a table cell ('–' for NaN/None)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return round(float(x), nd) if isinstance(x, float) else x
+
+
+class ResearchService:
+    """Sweep, multi-concept, analysis and adaptive selection for the app. One instance per process."""
+
+    def __init__(self, service: Service):
+        self.service = service
+        self.settings = service.settings
+        self.world = service.world
+        self.models = service.models
+        self.out_root = self.settings.work_dir / "research"
+        cpu = str(getattr(self.models, "device", "cpu")).startswith("cpu")
+        self.max_steps = min(self.settings.max_steps, CPU_MAX_STEPS) if cpu else self.settings.max_steps
+        try:  # Hugging Face ZeroGPU: a GPU for the duration of each heavy call (see Service.__init__)
+            import spaces
+
+            for name in ("sweep", "multi", "analysis", "adaptive"):
+                setattr(self, name, spaces.GPU(duration=300)(getattr(self, name)))
+        except ImportError:
+            pass
+
+    # --- what the UI offers ------------------------------------------------------------------------------
+    def concept_names(self) -> list[str]:
+        return [c.name for c in self.world.concepts] if self.world else []
+
+    def ui_config(self) -> dict[str, Any]:
+        """Choices, defaults and limits of the research widgets, as plain data (the UI imports no library)."""
+        if self.world is None or not self.world.concepts:
+            return {"available": False, "note": f"The research views run on the toy world; none is installed at "
+                    f"{self.settings.assets} (no world.json or no ablation checkpoints). Set TAD_ASSETS."}
+        concepts = [(f"{c.name} → {c.anchor} ({c.kind})", c.name) for c in self.world.concepts]
+        objs = [c.name for c in self.world.concepts if c.kind == "object"]
+        stys = [c.name for c in self.world.concepts if c.kind == "style"]
+        obj, sty = (objs or ["circle"])[0], (stys or ["plain"])[0]
+        steps = min(self.world.steps, self.max_steps)
+        return {
+            "available": True, "concepts": concepts, "names": self.concept_names(),
+            "methods": [(m.name, m.name) for m in METHODS.values()],
+            "limits": {"max_lambdas": MAX_LAMBDAS, "max_lambda": self.settings.max_lambda, "max_prompts": MAX_PROMPTS,
+                       "max_steps": self.max_steps, "cpu": self.max_steps < self.settings.max_steps,
+                       "max_alpha": MAX_ALPHA, "max_seeds": self.settings.max_seeds, "budget": BUDGET},
+            "defaults": {"concept": obj, "lambdas": "-2, -1, 0, 0.5, 1", "sweep_prompts": 4, "steps": steps,
+                         "multi_concepts": [*objs[:2], *stys[:1]], "methods": list(MULTI_DEFAULT_METHODS),
+                         "multi_prompts": 2, "analysis_concepts": self.concept_names(),
+                         "expression": _default_expression(objs, stys),
+                         "prompt": self.world.template.format(object=obj, style=sty), "pool": self.concept_names(),
+                         "t_switch": steps // 2, "alpha": 2.0, "top_k": min(2, len(self.world.concepts)),
+                         "seeds": "0"},
+        }
+
+    # --- the cancel flag of a session (the grid service's: one Cancel stops whatever the session runs) -------
+    def begin(self, session: str) -> Any:
+        return self.service.begin(session)
+
+    def end(self, session: str, flag: Any) -> None:
+        self.service.end(session, flag)
+
+    def cancel(self, session: str) -> bool:
+        return self.service.cancel(session)
+
+    # --- the views -----------------------------------------------------------------------------------------
+    def sweep(self, concept: Any, lambdas: Any, n_prompts: Any = 4, steps: Any = None, *,
+              progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """CLIP score/accuracy of a concept, its anchor and controls over a λ list (research/sweep.py)."""
+        from ..research.sweep import default_controls, run_sweep
+
+        t0 = time.time()
+        concept = self._concept(concept, "concept")
+        lams = self._lambda_list(lambdas)
+        n = parse_int(n_prompts, "prompts", 1, MAX_PROMPTS)
+        lab = self._lab(steps)
+        with research_errors("sweep"):
+            anchor = lab.anchor_of(concept)
+            roles = list(dict.fromkeys([concept, *([anchor] if anchor else []), *default_controls(lab, concept)]))
+            self._budget("sweep", len(lams) * len(roles) * n, lab.steps,
+                         f"{len(lams)} λ × {len(roles)} concepts × {n} prompts")
+            report = self._reporter(progress, cancel, "loading the model")
+            result = run_sweep(lab, concept, lams, n_prompts=n, progress=report)
+            report("saving", 0, 1)
+            files = result.save(self._new_dir("sweep"))
+        acc_h, acc = result.table("clip_accuracy")
+        _, score = result.table("clip_score")
+        headers = ["λ", *(f"acc {h}" for h in acc_h[1:]), *(f"score {h}" for h in acc_h[1:])]
+        data = [[a[0], *(_r(x) for x in a[1:]), *(_r(x) for x in s[1:])] for a, s in zip(acc, score)]
+        status = (f"**Sweep of τ({concept})**: {len(lams)} λ × {len(roles)} concepts × {n} prompts = "
+                  f"{len(lams) * len(roles) * n} images, {lab.steps} steps, in {time.time() - t0:.1f} s. "
+                  f"λ>0 ablates, 0 is the base, λ<0 enhances; * = target.  \n{result.accuracy_note()}")
+        return {"table": {"headers": headers, "data": data}, "plot": str(files["plot"]), "csv": str(files["csv"]),
+                "status": status}
+
+    def multi(self, concepts: Any, methods: Any = MULTI_DEFAULT_METHODS, n_prompts: Any = 2, steps: Any = None, *,
+              progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Ablate the first N concepts at once (N = 1 … all) per merge method; target vs control accuracy."""
+        from ..research.multi import default_controls, run_multi
+
+        t0 = time.time()
+        names = self._concepts(concepts, "concepts")
+        methods = self._methods(methods)
+        n = parse_int(n_prompts, "prompts", 1, MAX_PROMPTS)
+        lab = self._lab(steps)
+        with research_errors("multi-concept"):
+            k, c = len(names), len(default_controls(lab, names))
+            # base (all targets + controls), each method and the random baseline at N = 1 … K
+            images = n * ((k + c) + (len(methods) + 1) * sum(m + c for m in range(1, k + 1)))
+            self._budget("multi-concept", images, lab.steps,
+                         f"{k} concepts × {len(methods)} methods (+ base and random) × {n} prompts")
+            report = self._reporter(progress, cancel, "loading the model")
+            result = run_multi(lab, names, methods=methods, n_prompts=n, progress=report)
+            report("saving", 0, 1)
+            files = result.save(self._new_dir("multi"))
+        headers = ["method", "N", "ablated", "target acc ↓", "control acc ↑", "target score", "control score",
+                   "‖merged τ‖"]
+        data = [[r["method"], r["n"], r["ablated"] or "(none)", _r(r["target_accuracy"]),
+                 _r(r["control_accuracy"]), _r(r["target_score"]), _r(r["control_score"]),
+                 _r(r["merged_norm"], 4)] for r in result.rows]
+        status = (f"**Multi-concept ablation** {' → '.join(names)}: {len(result.rows)} runs, {images} images, "
+                  f"{lab.steps} steps, in {time.time() - t0:.1f} s. Controls (never ablated): "
+                  f"{', '.join(result.controls)}.  \ntarget acc: mean over the ablated concepts of P(score concept > "
+                  "score anchor), lower = erased; control acc: zero-shot accuracy of the controls, higher = unharmed; "
+                  "random: random vectors with the same per-tensor norms, added linearly.")
+        return {"table": {"headers": headers, "data": data}, "control_vs_n": str(files["control_vs_n"]),
+                "tradeoff": str(files["tradeoff"]), "csv": str(files["csv"]), "detail": str(files["detail"]),
+                "status": status}
+
+    def analysis(self, concepts: Any, expression: Any = "", *, progress: ProgressFn | None = None,
+                 cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Cosine heatmaps (global, per UNet block), norms, sparsity, sign agreement, angles > 75°; an analogy."""
+        from ..research.analyze import analyze, evaluate_expression, parse_expression
+
+        t0 = time.time()
+        names = self._concepts(concepts, "concepts")
+        text = self._expression(expression)
+        terms: list[tuple[str, float]] = []
+        if text:
+            with research_errors("expression"):  # before loading anything: a typo fails fast
+                terms = parse_expression(text, self.concept_names())
+        lab = self._lab(None)
+        with research_errors("analysis"):
+            report = self._reporter(progress, cancel, "loading the model")
+            need = list(dict.fromkeys([*names, *(t for t, _ in terms)]))
+            vectors = {}
+            for i, name in enumerate(need):
+                report(f"task vector {name}", i, len(need))
+                vectors[name] = lab.vector(name)
+            report("measuring", 0, 1)
+            result = analyze({n: vectors[n] for n in names})
+            expr_row, note = None, ""
+            if text:
+                from ..core.diagnostics import sparsity
+
+                tv = evaluate_expression(text, {t: vectors[t] for t, _ in terms})
+                cos = {n: tv.cosine(vectors[n]) for n in names}
+                result.expression = {"text": text, "terms": terms, "norm": tv.norm(), "tensors": len(tv),
+                                     "cosine": cos, "sparsity": sparsity(tv)}
+                expr_row = [f"= {text}", len(tv), tv.numel(), _r(tv.norm(), 4), _r(sparsity(tv))]
+                shown = " ".join(f"{c:+g}·{t}" for t, c in terms)
+                note = (f"  \n**{text}** = {shown}: norm {tv.norm():.4f}; cosine with " +
+                        ", ".join(f"{n} {c:+.3f}" for n, c in cos.items()))
+            report("plotting", 0, 1)
+            files = result.save(self._new_dir("analysis"))
+        vec_rows = [[r["vector"], r["tensors"], r["params"], _r(r["norm"], 4), _r(r["sparsity"])]
+                    for r in result.vectors_rows()]
+        if expr_row:
+            vec_rows.append(expr_row)
+        t = result.threshold_deg
+        pair_rows = [[f"{p['a']} · {p['b']}", _r(p["cosine"]), _r(p["angle_deg"], 1), _r(p["sign_agreement"]),
+                      f"{p[f'layers_over_{t:g}deg']} / {p['shared_layers']}"] for p in result.pairs()]
+        status = (f"**Analysis** of {len(names)} task vector(s), {len(result.blocks)} UNet blocks, in "
+                  f"{time.time() - t0:.1f} s. Angles > {t:g}°: layers (of those both vectors change) where the two "
+                  f"vectors are nearly orthogonal or opposed; fewer ↔ more related concepts." + note)
+        return {"cosine": str(files["cosine"]), "blocks": str(files["blocks"]) if "blocks" in files else None,
+                "vectors": {"headers": ["vector", "tensors", "params", "norm", "sparsity"], "data": vec_rows},
+                "pairs": {"headers": ["pair", "cosine", "angle °", "sign agreement", f"layers > {t:g}°"],
+                          "data": pair_rows},
+                "csv": str(files["pairs"]), "vectors_csv": str(files["vectors"]), "status": status}
+
+    def adaptive(self, prompt: Any, pool: Any, t_switch: Any = None, alpha: Any = 2.0, top_k: Any = 2,
+                 seeds: Any = "0", steps: Any = None, *, progress: ProgressFn | None = None,
+                 cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Rank a pool of vectors for a prompt by how far each moves the image from a shared prefix; apply the
+        top k (research/adaptive.py, multi-concept paper §5)."""
+        from ..research.adaptive import save_selection, select
+
+        t0 = time.time()
+        prompt = self._prompt(prompt)
+        names = self._concepts(pool, "pool")
+        lab = self._lab(steps)
+        t_switch = parse_int(lab.steps // 2 if t_switch is None else t_switch, "t_switch", 0, lab.steps)
+        alpha = parse_number(alpha, "α", 0.0, MAX_ALPHA, hint=" (α > 0 ablates; the paper uses 0.5 … 5)")
+        if alpha <= 0:
+            raise UserError(f"α: {alpha:g} must be > 0 (θ + α·τ ablates the candidate's concept)")
+        top_k = parse_int(top_k, "top-k", 1, len(names))
+        seed_list = parse_seeds(seeds, self.settings.max_seeds, self.settings.max_seed)
+        T, s, p = lab.steps, len(seed_list), len(names)
+        self._budget("adaptive", s * (T + p * (T - t_switch) + T), 1,
+                     f"{s} seed(s) × (base + {p} candidates from step {t_switch} + final)")
+        with research_errors("adaptive"):
+            report = self._reporter(progress, cancel, "loading the model")
+            lab.pipe  # noqa: B018 - load before the long step so the progress bar says which stage runs
+            sel = select(lab, prompt, names, t_switch=t_switch, alpha=alpha, seeds=seed_list, top_k=top_k,
+                         on_step=lambda i, n: report(f"base + {p} candidates from step {t_switch}, then the final "
+                                                     f"images: denoising step {i}/{n}", i, n))
+            report("saving", 1, 1)
+            files = save_selection(sel, self._new_dir("adaptive"))
+        headers = ["rank", "vector", "similarity (mean)", "chosen", "λ",
+                   *(f"similarity seed {x}" for x in sel.seeds)]
+        data = [[r["rank"], r["vector"], _r(r["similarity"]), "✓" if r["chosen"] else "",
+                 _r(r["lambda"], 2) if r["chosen"] else "–",
+                 *(_r(r[f"similarity_seed{x}"]) for x in sel.seeds)] for r in sel.rows()]
+        status = (f"**Adaptive selection** for “{prompt}”: chose {', '.join(sel.chosen) or 'none'} (top {top_k}); "
+                  f"t_switch {t_switch}/{T}, α {alpha:g}, {s} seed(s), {sel.counts['unet_calls']} UNet calls, "
+                  f"{time.time() - t0:.1f} s.  \nLower similarity to the base image = the vector matters more for "
+                  "this prompt. Strip: base | each candidate θ + α·τ (ranked) | final with the chosen vectors (λ = 1).")
+        return {"table": {"headers": headers, "data": data}, "strip": files["strip"], "csv": files["ranking"],
+                "status": status}
+
+    # --- validation ----------------------------------------------------------------------------------------
+    def _world_names(self) -> list[str]:
+        if self.world is None or not self.world.concepts:
+            raise UserError(f"research views need the toy world (world.json with ablation checkpoints) at "
+                            f"{self.settings.assets}; set TAD_ASSETS")
+        return self.concept_names()
+
+    def _concept(self, value: Any, what: str) -> str:
+        return parse_choice(value, what, self._world_names(), "concept")
+
+    def _concepts(self, values: Any, what: str) -> list[str]:
+        """Known concepts, each once, in the order given (checkbox order = the order they were ticked)."""
+        return parse_choices(values, what, self._world_names(), "concept", empty="tick at least one concept")
+
+    @staticmethod
+    def _methods(values: Any) -> list[str]:
+        names = parse_choices(values, "methods", list(METHODS), "merge method", unique=False,
+                              empty="tick at least one merge method")
+        return list(dict.fromkeys(names))
+
+    def _lambda_list(self, text: Any) -> list[float]:
+        """1 … MAX_LAMBDAS distinct finite λ within ±max_lambda, sorted (a line plot over λ)."""
+        return parse_lambda_list(text, "λ list", MAX_LAMBDAS, self.settings.max_lambda)
+
+    def _steps(self, steps: Any) -> int | None:
+        if steps is None or steps == "":
+            return None
+        cpu = " on a CPU" if self.max_steps < self.settings.max_steps else ""
+        try:
+            return parse_int(steps, "steps", 1, self.max_steps)
+        except UserError as e:
+            raise UserError(f"{e}{cpu}") from None
+
+    @staticmethod
+    def _expression(text: Any) -> str:
+        return parse_line(text, "expression", MAX_EXPRESSION)
+
+    @staticmethod
+    def _prompt(text: Any) -> str:
+        return parse_line(text, "prompt", MAX_PROMPT, required="write a prompt, e.g. 'a smiley in striped style'")
+
+    @staticmethod
+    def _budget(what: str, images: int, steps: int, how: str) -> None:
+        check_budget(what, images, steps, BUDGET, how)
+
+    # --- helpers -------------------------------------------------------------------------------------------
+    def _lab(self, steps: Any) -> Lab:
+        """The toy world's Lab on the shared Models cache (a cheap object: built per request, never kept)."""
+        self._world_names()
+        steps = self._steps(steps)
+        if steps is None:
+            steps = min(self.world.steps, self.max_steps)
+        with research_errors("toy world"):
+            return Lab.from_world(self.world, models=self.models, steps=steps)
+
+    @staticmethod
+    def _reporter(progress: ProgressFn | None, cancel: Callable[[], bool] | None, first: str) -> ProgressFn:
+        """Progress callback that also stops the run (between stages) when the session's Cancel was pressed."""
+        def report(stage: str, i: int, n: int) -> None:
+            if cancel is not None and cancel():
+                raise Cancelled("cancelled by the user; the model's weights are restored")
+            if progress is not None:
+                progress(stage, i, n)
+        report(first, 0, 1)
+        return report
+
+    def _new_dir(self, view: str) -> Path:
+        """A fresh output folder; old ones go as the grid's run folders do (TTL, then the oldest beyond max_runs)."""
+        return new_run_dir(self.out_root, self.settings, prefix=f"{view}-")
+
+
+def _default_expression(objs: Sequence[str], stys: Sequence[str]) -> str:
+    """'kite + striped - smiley' on the toy world: an object, plus a style, minus another object."""
+    if len(objs) >= 2 and stys:
+        return f"{objs[-1]} + {stys[0]} - {objs[0]}"
+    names = [*objs, *stys]
+    return " - ".join(names[:2]) if names else ""

@@ -3,7 +3,7 @@
 Run: ``python -m tad_demo.toyworld.evaluate`` (about half an hour on 2 cores) or ``--quick`` (minutes; few
 images, used by the tests). Every image comes from fixed seeds, so the numbers are reproducible.
 
-What is measured (target bars in brackets):
+What is measured (issue bars in brackets):
   a. toy CLIP zero-shot accuracy on held-out renders                              [object, style ≥ 0.95]
   b. base: CLIP accuracy target-vs-anchor per target concept                      [≥ 0.85]
      base: prompt following (object, style, colour classified right)              [≥ 0.8]

@@ -1,7 +1,7 @@
 """Rebuild the whole toy world with one command: VAE → base → CLIP → ablations → ControlNets → examples.
 
 Run: ``python -m tad_demo.toyworld.train_all [--out assets/toyworld] [--smoke] [--skip vae,clip]``, then
-``python -m tad_demo.toyworld.evaluate`` (36 min) and ``python -m tad_demo.app.precompute`` for the app's examples.
+``python -m tad_demo.toyworld.evaluate`` (36 min) and ``python -m tad_demo.ui.precompute`` for the app's examples.
 
 Wall times measured on 2 CPU cores (often shared with other jobs; MODEL_CARD.md has the details):
 VAE 14 min, base 53 min, CLIP ~20 min, 7 ablations ~30 min, 3 ControlNets 36 min: about 2.5 h in all.

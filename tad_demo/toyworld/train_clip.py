@@ -3,7 +3,7 @@
 Read top to bottom. Run: ``python -m tad_demo.toyworld.train_clip [--steps N] [--smoke]``.
 Output ``assets/toyworld/clip/``: ``open_clip_config.json`` + ``model.safetensors`` + tokenizer files, so plain
 open_clip loads it with ``open_clip.create_model_and_transforms("local-dir:assets/toyworld/clip")`` and
-``open_clip.get_tokenizer("local-dir:assets/toyworld/clip")``; ``config.json`` is the bare model config.
+``open_clip.get_tokenizer("local-dir:assets/toyworld/clip")``; ``config.json`` is the bare model config (★3).
 
 Captions share attributes across a batch ("A photo depicts circle" fits every circle), so plain CLIP loss would
 push true pairs apart. We know every image's attributes, so the target of each row is uniform over *all*

@@ -256,8 +256,7 @@ def world_words() -> list[str]:
 
 
 def manifest(checkpoint_dir: str = "ablations") -> dict:
-    """The ``world.json`` manifest (format: ``tad_demo/core/world.py``): concepts with anchors and checkpoints,
-    vocabularies, templates."""
+    """The ``world.json`` contract (★3): concepts with anchors and checkpoints, vocabularies, templates."""
     concepts = [{"name": t, "kind": "object", "anchor": a, "checkpoint": f"{checkpoint_dir}/{t}.safetensors",
                  "format": "diffusers-finetuned-weights"} for t, a in OBJECT_TARGETS.items()]
     concepts += [{"name": t, "kind": "style", "anchor": a, "checkpoint": f"{checkpoint_dir}/{t}.safetensors",

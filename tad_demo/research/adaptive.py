@@ -493,7 +493,6 @@ def tradeoff(lab: Lab, table: AucTable, *, t_switch: int, alpha: float, method: 
     Toy world only (it needs the anchors and the control objects)."""
     import numpy as np
 
-    from ..metrics import concept_caption
     from ..toyworld import world
 
     t0 = time.time()
@@ -535,7 +534,7 @@ def tradeoff(lab: Lab, table: AucTable, *, t_switch: int, alpha: float, method: 
         for i, p in enumerate(probes):
             for c in p.relevant:
                 kind = lab.kind_of(c)
-                sc = scorer.scores(feats[i:i + 1], [concept_caption(c, kind), concept_caption(lab.anchor_of(c), kind)])
+                sc = scorer.scores(feats[i:i + 1], [scorer.caption(c, kind), scorer.caption(lab.anchor_of(c), kind)])
                 hits[kind].append(bool(sc[0, 0] > sc[0, 1]))
             if p.control:
                 ctrl.append(scorer.classify(feats[i:i + 1], list(world.OBJECTS), "object")[0] == p.control)

@@ -18,12 +18,17 @@ ASSETS = REPO / "assets" / "toyworld"
 WORK = REPO / ".cache" / "toyworld"  # training checkpoints and cached datasets (not committed)
 
 
-def render_dataset(n: int, seed: int, size: int = 64, cache: bool = True, **fixed: str):
-    """``n`` seeded scenes and their images (uint8, N×H×W×3). Cached under ``.cache/toyworld``."""
+def render_dataset(n: int, seed: int, size: int = 64, cache: bool = True,
+                   strength: tuple[float, float] = world.BASE_STRENGTH, **fixed):
+    """``n`` seeded scenes and their images (uint8, N×H×W×3). Cached under ``.cache/toyworld``.
+
+    ``strength``: the range of target strengths (``world.BASE_STRENGTH`` for the diffusion model's data,
+    ``world.FULL_STRENGTH`` for the CLIP's and the VAE's)."""
     tag = "_".join(f"{k}-{v}" for k, v in sorted(fixed.items()))
-    path = WORK / f"scenes_n{n}_s{seed}_{size}{'_' + tag if tag else ''}.npz"
+    lo, hi = strength
+    path = WORK / f"v2_scenes_n{n}_s{seed}_{size}_st{lo:g}-{hi:g}{'_' + tag if tag else ''}.npz"
     rng = random.Random(seed)
-    scenes = [world.sample_scene(rng, **fixed) for _ in range(n)]
+    scenes = [world.sample_scene(rng, strength, **fixed) for _ in range(n)]
     if cache and path.exists():
         return scenes, np.load(path)["images"]
     log.info("rendering %d scenes (seed %d) ...", n, seed)

@@ -8,6 +8,10 @@ files in diffusers naming, which ``TaskVector.from_pair(base, file)`` consumes.
 Anchor images are renders of the anchor concept (a smiley's anchor is a circle), encoded by the base VAE.
 Kumari et al. sample them from the base model instead; on the toy world the renderer *is* the distribution
 the base model learned, and rendering is ~100× cheaper than sampling on a CPU.
+
+The control concepts (``world.CONTROL_OBJECTS``) appear in no prompt of any ablation, neither in the anchor
+prompts nor in the preservation set: they measure collateral damage, so no objective may see them.
+A concept whose checkpoint exists is skipped (the stage resumes); ``--force`` retrains it.
 """
 
 from __future__ import annotations
@@ -70,30 +74,41 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--base", default=str(ASSETS / "base"))
     ap.add_argument("--out", default=str(ASSETS / "ablations"))
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--force", action="store_true", help="retrain concepts whose checkpoint exists")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args(argv)
     steps, n_anchor, batch = (2, 16, 4) if args.smoke else (args.steps, N_ANCHOR, BATCH)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     # 1. the frozen base
-    pipe = StableDiffusionPipeline.from_pretrained(args.base)
+    pipe = StableDiffusionPipeline.from_pretrained(args.base).to(args.device)
     pipe.text_encoder.requires_grad_(False)
     pipe.vae.requires_grad_(False)
     noise_sched = DDPMScheduler(**SD_BETAS)
 
     encode_prompts = prompt_encoder(pipe)
 
-    # Preservation data: any scene, its own caption (shared by all concepts; encoded once).
+    # Preservation data: scenes of the base's distribution with their own captions (shared by all concepts;
+    # encoded once), never a control concept.
     keep_scenes, keep_images = render_dataset(n_anchor, seed=SEED + 100, cache=not args.smoke)
     keep_latents = encode_latents(pipe.vae, keep_images)
+    controls = set(world.CONTROL_OBJECTS)
 
     for concept in args.concepts.split(","):
         kind, anchor = concept_kind(concept)
-        # 2. anchor renders and prompt pairs: the same caption with the target word in place of the anchor's
+        dst = out / f"{concept}.safetensors"
+        if dst.is_file() and not args.force and not args.smoke:
+            log.info("%s exists; skipped (--force retrains it)", dst)
+            continue
+        # 2. anchor renders and prompt pairs: the same caption with the target word in place of the anchor's;
+        #    scenes showing a control object are left out
         scenes, images = render_dataset(n_anchor, seed=SEED + 1, cache=not args.smoke, **{kind: anchor})
-        latents = encode_latents(pipe.vae, images)
-        # Preserve everything except the target itself (the anchor included, as Kumari regularise).
-        keep_idx = [i for i, s in enumerate(keep_scenes) if getattr(s, kind) != concept]
+        anchor_idx = [i for i, s in enumerate(scenes) if s.object not in controls]
+        scenes, latents = [scenes[i] for i in anchor_idx], encode_latents(pipe.vae, images[anchor_idx])
+        # Preserve everything except the target itself (the anchor included, as Kumari regularise) and the
+        # control concepts (held out).
+        keep_idx = [i for i, s in enumerate(keep_scenes) if getattr(s, kind) != concept and s.object not in controls]
         next_batch = batch_maker(scenes, latents, kind, concept, keep_scenes, keep_latents, keep_idx, batch,
                                  random.Random(SEED))
 
@@ -102,9 +117,10 @@ def main(argv: list[str] | None = None) -> None:
         weights = ablate(pipe.unet, encode_prompts, noise_sched, next_batch, steps=steps, lr=LR,
                          keep_weight=KEEP_WEIGHT, seed=SEED)
         meta = {"concept": concept, "anchor": anchor, "kind": kind, "objective": "kumari-model-based",
-                "params": "cross_attn_kv", "steps": str(steps), "lr": str(LR), "keep_weight": str(KEEP_WEIGHT)}
-        save_weights(weights, out / f"{concept}.safetensors", meta)
-        log.info("saved %s (%d tensors)", out / f"{concept}.safetensors", len(weights))
+                "params": "cross_attn_kv", "steps": str(steps), "lr": str(LR), "keep_weight": str(KEEP_WEIGHT),
+                "held_out": ",".join(world.CONTROL_OBJECTS)}
+        save_weights(weights, dst, meta)
+        log.info("saved %s (%d tensors)", dst, len(weights))
 
     # 4. the world's manifest (★3) points at the checkpoints that exist (earlier runs' included); a smoke run
     #    into the shipped folder must not rewrite the shipped manifest

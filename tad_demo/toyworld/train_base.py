@@ -24,6 +24,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from . import world
 from .data import ASSETS, WORK, random_caption, render_dataset, to_tensor
 from .tokenizer import check_tokenizer, write_tokenizer
 
@@ -31,25 +32,27 @@ log = logging.getLogger("train_base")
 
 # --- config ---------------------------------------------------------------------------------------------
 STEPS = 3000          # shapes and their inner details (pips, eyes) are learned by ~3k steps (preview at 1k, 2k)
-BATCH = 64            # the largest batch whose step stays ~1 s on 2 cores at 16×16 latents
-LR = 4e-4             # from-scratch small UNet; 1e-3 diverged in a probe, 1e-4 learned details too slowly
+BATCH = 64            # a step is ~1.2 s on 2 cores at 16×16 latents
+LR = 5e-4             # from-scratch small UNet; 1e-3 diverged in a probe, 1e-4 learned details too slowly
 WARMUP = 200          # Adam's early steps are noisy; warm-up avoids a bad start
 CFG_DROPOUT = 0.1     # SD's value: 10% empty prompts teach the unconditional branch for guidance
 MIN_SNR_GAMMA = 5.0   # the paper's recommended gamma
 EMA_DECAY = 0.999     # ~1k-step horizon, a quarter of the run: smooths the last phase, forgets the early one
-N_IMAGES = 20_000     # the VAE's dataset, re-used so latents are encoded once
+N_IMAGES = 30_000     # ~6 epochs in 3k steps; renders are cheap, and more of them means less memorising
 SEED = 0
 SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 UNET_CONFIG = dict(
     sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-    block_out_channels=(64, 128, 128),
+    # 32 channels at 16×16: that level costs ~C² × 256 positions, and 64 channels there doubled the step time
+    # (2.5 s vs 1.2 s per step) for shapes that 32 channels draw as well.
+    block_out_channels=(32, 64, 128),
     # Attention only at 8×8 and 4×4 (SD has it at high resolution too): at 16×16 it would cost more than the
     # whole rest of the net, and the world's concepts are global shape/pattern properties.
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    # 16 groups = 4-8 channels per group (SD: 10); one channel per group would erase colour (see train_vae).
-    cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16,
+    # 8 groups = 4-16 channels per group (SD: 10); one channel per group would erase colour (see train_vae).
+    cross_attention_dim=64, attention_head_dim=8, norm_num_groups=8,
 )
 
 
@@ -64,12 +67,19 @@ def text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
 
 
 def encode_latents(vae: AutoencoderKL, images) -> torch.Tensor:
-    """Posterior means × scaling factor, in batches (the diffusion model's training data)."""
+    """Posterior means × scaling factor, in batches (the diffusion model's training data), on the VAE's device."""
     out = []
+    dev = vae.device
     with torch.no_grad():
         for i in range(0, len(images), 256):
-            out.append(vae.encode(to_tensor(images[i:i + 256])).latent_dist.mean * vae.config.scaling_factor)
+            x = to_tensor(images[i:i + 256]).to(dev)
+            out.append(vae.encode(x).latent_dist.mean * vae.config.scaling_factor)
     return torch.cat(out)
+
+
+def _tuples(x):
+    """``random.Random.setstate`` wants the tuples that a checkpoint stored as lists."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def save_pipeline(out: Path, unet, text_encoder, vae, tokenizer) -> None:
@@ -91,7 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--vae", default=str(WORK / "vae"))
     ap.add_argument("--out", default=str(ASSETS / "base"))
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args(argv)
+    dev = torch.device(args.device)
     steps, n_images, batch = (3, 64, 8) if args.smoke else (args.steps, N_IMAGES, BATCH)
     torch.manual_seed(SEED)
     rng = random.Random(SEED)
@@ -100,26 +112,28 @@ def main(argv: list[str] | None = None) -> None:
     tok_dir = write_tokenizer(WORK / ("tokenizer_smoke" if args.smoke else "tokenizer"))
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
     check_tokenizer(tokenizer)
-    vae = AutoencoderKL.from_pretrained(args.vae).eval().requires_grad_(False)
-    scenes, images = render_dataset(n_images, seed=SEED, cache=not args.smoke)
+    vae = AutoencoderKL.from_pretrained(args.vae).to(dev).eval().requires_grad_(False)
+    # Targets at middling strength only (world.BASE_STRENGTH): the base renders them imperfectly.
+    scenes, images = render_dataset(n_images, seed=SEED, cache=not args.smoke, strength=world.BASE_STRENGTH)
     latents = encode_latents(vae, images)
     log.info("latents %s std %.3f", tuple(latents.shape), latents.std().item())
 
     # 2. models, EMA copy, optimiser; resume if a checkpoint exists
-    unet = UNet2DConditionModel(**UNET_CONFIG)
-    text_encoder = CLIPTextModel(text_config(tokenizer))
+    unet = UNet2DConditionModel(**UNET_CONFIG).to(dev)
+    text_encoder = CLIPTextModel(text_config(tokenizer)).to(dev)
     ema = {"unet": copy.deepcopy(unet).requires_grad_(False), "te": copy.deepcopy(text_encoder).requires_grad_(False)}
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=1e-2)
     noise_sched = DDPMScheduler(**SD_BETAS)
-    alphas_cumprod = noise_sched.alphas_cumprod
-    ckpt_path = WORK / "base_train.pt"
+    alphas_cumprod = noise_sched.alphas_cumprod.to(dev)
+    ckpt_path = WORK / "v2_base_train.pt"
     step = 0
     if ckpt_path.exists() and not args.smoke:
-        ck = torch.load(ckpt_path, weights_only=True)
+        ck = torch.load(ckpt_path, weights_only=True, map_location=dev)
         unet.load_state_dict(ck["unet"]); text_encoder.load_state_dict(ck["te"])
         ema["unet"].load_state_dict(ck["ema_unet"]); ema["te"].load_state_dict(ck["ema_te"])
-        opt.load_state_dict(ck["opt"]); step = ck["step"]; rng.setstate(ck["rng"]); torch.set_rng_state(ck["torch_rng"])
+        opt.load_state_dict(ck["opt"]); step = ck["step"]
+        rng.setstate(_tuples(ck["rng"])); torch.set_rng_state(ck["torch_rng"].cpu())
         log.info("resumed at step %d", step)
     n_params = sum(p.numel() for p in unet.parameters())
     n_te = sum(p.numel() for p in text_encoder.parameters())
@@ -133,10 +147,10 @@ def main(argv: list[str] | None = None) -> None:
             g["lr"] = lr
         idx = torch.randint(0, len(latents), (batch,))
         captions = ["" if rng.random() < CFG_DROPOUT else random_caption(scenes[i], rng) for i in idx.tolist()]
-        ids = tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
-        x0 = latents[idx]
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,))
+        ids = tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids.to(dev)
+        x0 = latents[idx.to(dev)]
+        noise = torch.randn(x0.shape).to(dev)  # drawn on the CPU: the same noise on every device
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,)).to(dev)
         xt = noise_sched.add_noise(x0, noise, t)
         pred = unet(xt, t, text_encoder(ids)[0]).sample
         snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
@@ -160,10 +174,11 @@ def main(argv: list[str] | None = None) -> None:
                         "opt": opt.state_dict(), "step": step, "rng": rng.getstate(),
                         "torch_rng": torch.get_rng_state()}, ckpt_path)
         if not args.smoke and step % 1000 == 0 and step < steps:
-            save_pipeline(WORK / "base_preview", ema["unet"], ema["te"], vae, tokenizer)  # to look at mid-run
+            preview = [copy.deepcopy(m).cpu() for m in (ema["unet"], ema["te"], vae)]
+            save_pipeline(WORK / "base_preview", *preview, tokenizer)  # to look at mid-run
 
     # 4. save the EMA weights as a plain diffusers pipeline
-    save_pipeline(Path(args.out), ema["unet"], ema["te"], vae, tokenizer)
+    save_pipeline(Path(args.out), ema["unet"].cpu(), ema["te"].cpu(), vae.cpu(), tokenizer)
     log.info("saved %s", args.out)
 
 

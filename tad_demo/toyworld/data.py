@@ -26,7 +26,7 @@ def render_dataset(n: int, seed: int, size: int = 64, cache: bool = True,
     ``world.FULL_STRENGTH`` for the CLIP's and the VAE's)."""
     tag = "_".join(f"{k}-{v}" for k, v in sorted(fixed.items()))
     lo, hi = strength
-    path = WORK / f"v2_scenes_n{n}_s{seed}_{size}_st{lo:g}-{hi:g}{'_' + tag if tag else ''}.npz"
+    path = WORK / f"v2b_scenes_n{n}_s{seed}_{size}_st{lo:g}-{hi:g}{'_' + tag if tag else ''}.npz"
     rng = random.Random(seed)
     scenes = [world.sample_scene(rng, strength, **fixed) for _ in range(n)]
     if cache and path.exists():

@@ -50,6 +50,17 @@ def concept_kind(concept: str) -> tuple[str, str]:
                      f"{', '.join([*world.OBJECT_TARGETS, *world.STYLE_TARGETS])}")
 
 
+def without_controls(scenes: list[world.Scene]) -> list[int]:
+    """Indices of the scenes that show no control concept: those are held out of every ablation objective."""
+    return [i for i, s in enumerate(scenes) if s.object not in world.CONTROL_OBJECTS]
+
+
+def keep_indices(keep_scenes: list[world.Scene], kind: str, concept: str) -> list[int]:
+    """The preservation set of an ablation: everything but the target itself (the anchor included, as Kumari
+    et al. regularise with it) and the held-out control concepts."""
+    return [i for i in without_controls(keep_scenes) if getattr(keep_scenes[i], kind) != concept]
+
+
 def batch_maker(scenes, latents, kind, concept, keep_scenes, keep_latents, keep_idx, batch, rng):
     """A ``next_batch(step)`` for ``ablate``: anchor renders captioned twice — with the anchor word and with
     the target word in its place — plus a preservation batch of other scenes with their own captions."""
@@ -93,7 +104,6 @@ def main(argv: list[str] | None = None) -> None:
     # encoded once), never a control concept.
     keep_scenes, keep_images = render_dataset(n_anchor, seed=SEED + 100, cache=not args.smoke)
     keep_latents = encode_latents(pipe.vae, keep_images)
-    controls = set(world.CONTROL_OBJECTS)
 
     for concept in args.concepts.split(","):
         kind, anchor = concept_kind(concept)
@@ -104,11 +114,9 @@ def main(argv: list[str] | None = None) -> None:
         # 2. anchor renders and prompt pairs: the same caption with the target word in place of the anchor's;
         #    scenes showing a control object are left out
         scenes, images = render_dataset(n_anchor, seed=SEED + 1, cache=not args.smoke, **{kind: anchor})
-        anchor_idx = [i for i, s in enumerate(scenes) if s.object not in controls]
+        anchor_idx = without_controls(scenes)
         scenes, latents = [scenes[i] for i in anchor_idx], encode_latents(pipe.vae, images[anchor_idx])
-        # Preserve everything except the target itself (the anchor included, as Kumari regularise) and the
-        # control concepts (held out).
-        keep_idx = [i for i, s in enumerate(keep_scenes) if getattr(s, kind) != concept and s.object not in controls]
+        keep_idx = keep_indices(keep_scenes, kind, concept)
         next_batch = batch_maker(scenes, latents, kind, concept, keep_scenes, keep_latents, keep_idx, batch,
                                  random.Random(SEED))
 

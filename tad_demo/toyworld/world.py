@@ -173,7 +173,7 @@ def _outline(obj: str, cx: float, cy: float, r: float) -> list[tuple[float, floa
     raise ValueError(f"unknown object {obj!r}; known: {', '.join(OBJECTS)}")
 
 
-def _shape_mask(scene: Scene, side: int) -> Image.Image:
+def shape_mask(scene: Scene, side: int) -> Image.Image:
     """Filled silhouette (mode L, 255 inside) at the given side length."""
     cx, cy, r = scene.cx * side, scene.cy * side, SIZES[scene.size] * side
     mask = Image.new("L", (side, side), 0)
@@ -216,12 +216,11 @@ def _second_tone(rgb: np.ndarray, strength: float, lighten: bool) -> np.ndarray:
 
 
 def _details(draw: ImageDraw.ImageDraw, scene: Scene, side: int) -> None:
-    """The ink that turns an anchor into its target (face, pips, '!', kite spars), as opaque as its strength."""
+    """The ink that turns an anchor into its target (face, pips, '!', kite spars), drawn as a mask (255 = ink);
+    every stroke stays inside the anchor's silhouette."""
     cx, cy, r = scene.cx * side, scene.cy * side, SIZES[scene.size] * side
-    fill = np.array(COLORS[scene.color], np.float32)
-    s = min(max(scene.detail, 0.0), 1.0)
-    ink = tuple(int(round(c)) for c in fill + (np.array(INK, np.float32) - fill) * s)
     w = max(1, int(r * 0.16))
+    ink = 255
     if scene.object == "smiley":
         e = r * 0.16
         for ex in (cx - r * 0.38, cx + r * 0.38):
@@ -238,8 +237,9 @@ def _details(draw: ImageDraw.ImageDraw, scene: Scene, side: int) -> None:
         d = r * 0.12
         draw.ellipse([cx - d, cy + r * 0.55 - d, cx + d, cy + r * 0.55 + d], fill=ink)
     elif scene.object == "kite":
-        draw.line([(cx, cy - r * 1.15), (cx, cy + r * 1.15)], fill=ink, width=w)
-        draw.line([(cx - r * 0.85, cy), (cx + r * 0.85, cy)], fill=ink, width=w)
+        # spars end short of the diamond's tips (at 1.15 r and 0.85 r), so their width never pokes out
+        draw.line([(cx, cy - r * 0.95), (cx, cy + r * 0.95)], fill=ink, width=w)
+        draw.line([(cx - r * 0.68, cy), (cx + r * 0.68, cy)], fill=ink, width=w)
 
 
 # --- rendering ------------------------------------------------------------------------------------------
@@ -255,21 +255,26 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
     lum = float(back @ np.array([0.299, 0.587, 0.114], np.float32))
     fill2, back2 = _second_tone(fill, s, lighten=True), _second_tone(back, s, lighten=lum < 150)
     p = _pattern(scene.style, side).reshape(-1)
-    m = np.asarray(_shape_mask(scene, side), np.float32).reshape(-1) / 255
+    m = np.asarray(shape_mask(scene, side), np.float32).reshape(-1) / 255
     # pixel = background, its pattern tone where p, the object where m, the object's pattern tone where p·m:
     # one (pixels × 4) @ (4 × RGB) product instead of four full-size blends.
     basis = np.stack([np.ones_like(p), p, m, p * m], axis=1)
     coef = np.stack([back, back2 - back, fill - back, (fill2 - fill) - (back2 - back)])
     canvas = (basis @ coef).reshape(side, side, 3)
+    if scene.object in OBJECT_TARGETS:
+        # the details are ink laid over whatever is beneath (fill or pattern), as opaque as the strength
+        ink = Image.new("L", (side, side), 0)
+        _details(ImageDraw.Draw(ink), scene, side)
+        alpha = np.asarray(ink, np.float32)[..., None] / 255 * min(max(scene.detail, 0.0), 1.0)
+        canvas = canvas * (1 - alpha) + np.array(INK, np.float32) * alpha
     img = Image.fromarray(canvas.round().clip(0, 255).astype(np.uint8))
-    _details(ImageDraw.Draw(img), scene, side)
     return img.resize((size, size), Image.Resampling.BOX)
 
 
 def depth_map(scene: Scene, size: int = 64) -> Image.Image:
     """Depth in MiDaS convention (near = white): the background is far, the shape is a raised dome."""
     side = size * SUPERSAMPLE
-    mask = _shape_mask(scene, side)
+    mask = shape_mask(scene, side)
     # Distance to the silhouette's edge gives the shape height, like an inflated sticker.
     blurred = np.asarray(mask.filter(ImageFilter.GaussianBlur(radius=side * 0.06)), np.float32) / 255
     inside = np.asarray(mask, np.float32) / 255

@@ -11,7 +11,8 @@ the base model learned, and rendering is ~100× cheaper than sampling on a CPU.
 
 The control concepts (``world.CONTROL_OBJECTS``) appear in no prompt of any ablation, neither in the anchor
 prompts nor in the preservation set: they measure collateral damage, so no objective may see them.
-A concept whose checkpoint exists is skipped (the stage resumes); ``--force`` retrains it.
+A concept whose checkpoint exists and was trained against this base (its metadata records the base UNet's
+SHA-256) is skipped: the stage resumes; ``--force`` retrains it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from diffusers import DDPMScheduler, StableDiffusionPipeline
 
 from ..ablation import AblationBatch, ablate, prompt_encoder, save_weights
 from . import world
-from .data import ASSETS, random_caption, render_dataset
+from .data import ASSETS, base_fingerprint, random_caption, render_dataset
 from .train_base import SD_BETAS, encode_latents
 
 log = logging.getLogger("train_ablations")
@@ -48,6 +49,16 @@ def concept_kind(concept: str) -> tuple[str, str]:
         return "style", world.STYLE_TARGETS[concept]
     raise ValueError(f"{concept!r} is not a target concept; targets: "
                      f"{', '.join([*world.OBJECT_TARGETS, *world.STYLE_TARGETS])}")
+
+
+def _trained_against(path: Path) -> str | None:
+    """The base fingerprint an existing checkpoint records (None if there is none)."""
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return (f.metadata() or {}).get("base_unet_sha256")
 
 
 def without_controls(scenes: list[world.Scene]) -> list[int]:
@@ -82,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--concepts", default=",".join([*world.OBJECT_TARGETS, *world.STYLE_TARGETS]))
     ap.add_argument("--steps", type=int, default=STEPS)
+    ap.add_argument("--lr", type=float, default=LR)
     ap.add_argument("--base", default=str(ASSETS / "base"))
     ap.add_argument("--out", default=str(ASSETS / "ablations"))
     ap.add_argument("--smoke", action="store_true")
@@ -104,12 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     # encoded once), never a control concept.
     keep_scenes, keep_images = render_dataset(n_anchor, seed=SEED + 100, cache=not args.smoke)
     keep_latents = encode_latents(pipe.vae, keep_images)
+    fingerprint = base_fingerprint(args.base)
 
     for concept in args.concepts.split(","):
         kind, anchor = concept_kind(concept)
         dst = out / f"{concept}.safetensors"
-        if dst.is_file() and not args.force and not args.smoke:
-            log.info("%s exists; skipped (--force retrains it)", dst)
+        if not args.force and not args.smoke and _trained_against(dst) == fingerprint:
+            log.info("%s exists for this base; skipped (--force retrains it)", dst)
             continue
         # 2. anchor renders and prompt pairs: the same caption with the target word in place of the anchor's;
         #    scenes showing a control object are left out
@@ -122,15 +135,15 @@ def main(argv: list[str] | None = None) -> None:
 
         # 3. fine-tune k/v with Kumari's objective and save the touched tensors' fine-tuned weights
         log.info("ablating %s (%s) -> %s", concept, kind, anchor)
-        weights = ablate(pipe.unet, encode_prompts, noise_sched, next_batch, steps=steps, lr=LR,
+        weights = ablate(pipe.unet, encode_prompts, noise_sched, next_batch, steps=steps, lr=args.lr,
                          keep_weight=KEEP_WEIGHT, seed=SEED)
         meta = {"concept": concept, "anchor": anchor, "kind": kind, "objective": "kumari-model-based",
-                "params": "cross_attn_kv", "steps": str(steps), "lr": str(LR), "keep_weight": str(KEEP_WEIGHT),
-                "held_out": ",".join(world.CONTROL_OBJECTS)}
+                "params": "cross_attn_kv", "steps": str(steps), "lr": str(args.lr), "keep_weight": str(KEEP_WEIGHT),
+                "held_out": ",".join(world.CONTROL_OBJECTS), "base_unet_sha256": fingerprint}
         save_weights(weights, dst, meta)
         log.info("saved %s (%d tensors)", dst, len(weights))
 
-    # 4. the world's manifest (★3) points at the checkpoints that exist (earlier runs' included); a smoke run
+    # 4. the world's manifest points at the checkpoints that exist (earlier runs' included); a smoke run
     #    into the shipped folder must not rewrite the shipped manifest
     if not args.smoke or out.resolve() != (ASSETS / "ablations").resolve():
         manifest = world.manifest(out.name)

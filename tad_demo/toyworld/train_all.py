@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     steps = {
         "vae": lambda: train_vae.main([*common, *dev, "--out", str(vae)]),
         "clip": lambda: train_clip.main([*common, *dev, "--vae", str(vae), "--out", str(out / "clip")]),
-        "base": lambda: train_base.main([*common, *dev, "--vae", str(vae), "--out", str(base)]),
+        "base": lambda: train_base.main([*common, *dev, "--vae", str(vae), "--clip", str(out / "clip"),
+                                         "--out", str(base)]),
         # the ablation trainer also writes world.json next to its output folder
         "ablations": lambda: train_ablations.main([*common, *dev, *(["--force"] if args.force else []),
                                                    "--base", str(base), "--out", str(out / "ablations")]),

@@ -39,20 +39,23 @@ from .tokenizer import write_tokenizer
 log = logging.getLogger("train_clip")
 
 # --- config ---------------------------------------------------------------------------------------------
-STEPS = 2000       # zero-shot accuracy on held-out renders saturates before this (see MODEL_CARD)
-BATCH = 128        # many negatives per step matter for contrastive losses; a step is ~0.4 s on 2 cores
+STEPS = 1500       # the strength response and zero-shot accuracy flatten out before this
+BATCH = 128        # many negatives per step matter for contrastive losses
 LR = 1e-3          # small ViT with warm-up; AdamW
 WARMUP = 100
 N_IMAGES = 20_000  # renders at every strength (seed 10: neither the base's data nor any evaluation's)
 SEED = 10
 VAE_SHARE = 0.5    # share of images seen through the VAE (encode -> decode), like every generated image
+N_VAE = 6000       # renders passed through the VAE once (the round trip of all 20 000 took 8 min)
 # Standard CLIP normalisation, so the toy model plugs into open_clip's preprocessing unchanged.
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 MODEL_CFG = {
     "embed_dim": 64,
     "quick_gelu": True,  # as OpenAI's ViT-B-32, the model Kumari's evaluation uses
-    "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "patch_size": 16, "head_width": 32},
+    # 8-px patches (64 tokens): with 16-px patches a small object in a patterned picture fell on 2×2 tokens, and
+    # zero-shot object accuracy stayed at 0.81
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 96, "patch_size": 8, "head_width": 32},
     "text_cfg": {"context_length": 24, "vocab_size": None, "width": 64, "heads": 4, "layers": 3,
                  "hf_tokenizer_name": "toyworld-tokenizer"},  # local-dir loading uses the folder's tokenizer
 }
@@ -166,8 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
     scenes, images = render_dataset(n_images, seed=SEED, cache=not args.smoke, strength=world.FULL_STRENGTH)
     x_all = to_tensor(images)
-    x_vae = roundtrip(args.vae, x_all)
-    log.info("%d renders, VAE round trip MAE %.1f/255", len(x_all), (x_vae - x_all).abs().mean().item() * 127.5)
+    n_vae = min(N_VAE, len(x_all))
+    x_vae = roundtrip(args.vae, x_all[:n_vae])
+    log.info("%d renders, VAE round trip MAE %.1f/255 on %d", len(x_all), (x_vae - x_all[:n_vae]).abs().mean().item()
+             * 127.5, n_vae)
 
     # 2. model (open_clip's own CLIP class from our config)
     model_cfg = json.loads(json.dumps(MODEL_CFG))
@@ -177,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     model = open_clip.CLIP(**cfg).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.1)
     log.info("clip %.2fM params", sum(p.numel() for p in model.parameters()) / 1e6)
-    ckpt_path = WORK / "v2_clip_train.pt"
+    ckpt_path = WORK / "v2c_clip_train.pt"
     step = 0
     if ckpt_path.exists() and not args.smoke:
         ck = torch.load(ckpt_path, weights_only=True, map_location=dev)
@@ -194,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
             g["lr"] = lr
         idx = torch.randint(0, len(x_all), (batch,), generator=gen)
         through_vae = torch.rand(batch, generator=gen) < VAE_SHARE
-        x = torch.where(through_vae[:, None, None, None], x_vae[idx], x_all[idx])
+        idx = torch.where(through_vae, idx % n_vae, idx)  # VAE rows come from the round-tripped renders
+        x = torch.where(through_vae[:, None, None, None], x_vae[idx % n_vae], x_all[idx])
         caps = [caption_with_attrs(scenes[i], rng) for i in idx.tolist()]
         ids = tokenizer([c for c, _ in caps], padding="max_length", truncation=True, return_tensors="pt").input_ids
         fi, ft, scale = model(normalise(augment(x, gen)).to(dev), ids.to(dev))[:3]

@@ -11,6 +11,7 @@ prompts are dropped so the net learns to read the condition on its own.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import random
@@ -23,7 +24,7 @@ import torch
 from diffusers import ControlNetModel, DDPMScheduler, StableDiffusionPipeline
 
 from . import world
-from .data import ASSETS, random_caption, render_dataset
+from .data import ASSETS, base_fingerprint, random_caption, render_dataset
 from .train_base import SD_BETAS, encode_latents
 
 log = logging.getLogger("train_controlnet")
@@ -66,10 +67,13 @@ def main(argv: list[str] | None = None) -> None:
     scenes, images = render_dataset(n_images, seed=SEED + 2, cache=not args.smoke, strength=world.BASE_STRENGTH)
     latents = encode_latents(pipe.vae, images)
 
+    fingerprint = base_fingerprint(args.base)
     for kind in args.kinds.split(","):
         dst = Path(args.out) / kind
-        if (dst / "config.json").is_file() and not args.force and not args.smoke:
-            log.info("%s exists; skipped (--force retrains it)", dst)
+        record = dst / "training.json"  # what it was trained against: a rerun resumes over the same base only
+        if not args.force and not args.smoke and record.is_file() and \
+                json.loads(record.read_text()).get("base_unet_sha256") == fingerprint:
+            log.info("%s exists for this base; skipped (--force retrains it)", dst)
             continue
         torch.manual_seed(SEED)
         rng = random.Random(SEED)
@@ -105,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         # Stored in fp16 to keep assets/toyworld within its 60 MB budget; diffusers loads it as fp32.
         controlnet.to("cpu", torch.float16).save_pretrained(tmp)
+        (tmp / "training.json").write_text(json.dumps({"base_unet_sha256": fingerprint, "steps": steps, "lr": LR,
+                                                       "batch": batch, "images": n_images}, indent=2))
         shutil.rmtree(dst, ignore_errors=True)
         tmp.rename(dst)
         log.info("saved %s", dst)

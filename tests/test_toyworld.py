@@ -121,6 +121,28 @@ def test_controls_are_in_no_ablation_prompt():
         assert anchor in words  # the anchor is regularised, as Kumari et al. do
 
 
+def test_text_encoder_is_the_clip_text_tower_exactly(tmp_path):
+    """The base's text encoder is the toy CLIP's text tower converted to transformers: same features."""
+    import sys
+
+    from transformers import CLIPTokenizer
+
+    from tad_demo.toyworld.text_encoder import check_same_as_open_clip, text_encoder_from_clip
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from app_world import _tiny_clip
+
+    _tiny_clip(tmp_path / "clip")
+    tok = CLIPTokenizer.from_pretrained(tmp_path / "clip")
+    model = text_encoder_from_clip(tmp_path / "clip", tok)
+    prompts = ["smiley", "a large red smiley in striped style on a grey background", "A photo depicts star"]
+    assert check_same_as_open_clip(tmp_path / "clip", model, tok, prompts) < 1e-5
+    # and it is not trivially equal: another prompt gives other features
+    ids = tok(prompts[:2], padding="max_length", return_tensors="pt").input_ids
+    out = model(ids).last_hidden_state
+    assert out.shape == (2, tok.model_max_length, model.config.hidden_size) and not out[0].allclose(out[1])
+
+
 def test_tokenizer_knows_every_world_word(tmp_path):
     from transformers import CLIPTokenizer
 

@@ -49,13 +49,98 @@ def test_caption_and_conditions_match_the_scene(obj):
         assert yy.min() >= box[0] and yy.max() <= box[1] and xx.min() >= box[2] and xx.max() <= box[3]
 
 
+def _render(scene, **change) -> np.ndarray:
+    return np.asarray(world.render(world.Scene(**{**scene.__dict__, **change}))).astype(int)
+
+
 def test_targets_differ_from_anchors_only_by_details():
     for target, anchor in world.OBJECT_TARGETS.items():
-        s = world.sample_scene(random.Random(0), object=target, style="plain")
-        t = world.render(s)
-        a = world.render(world.Scene(**{**s.__dict__, "object": anchor}))
-        diff = np.abs(np.asarray(t).astype(int) - np.asarray(a).astype(int)).sum(-1) > 30
+        s = world.sample_scene(random.Random(0), object=target, style="plain", detail=1.0)
+        diff = np.abs(_render(s) - _render(s, object=anchor)).sum(-1) > 30
         assert 0.01 < diff.mean() < 0.15, target  # some ink, not a different shape
+        # strength 0 is the anchor itself; the ink grows with the strength
+        assert np.array_equal(_render(s, detail=0.0), _render(s, object=anchor)), target
+        ink = [np.abs(_render(s, detail=d) - _render(s, object=anchor)).sum() for d in (0.35, 0.6, 0.85, 1.0)]
+        assert ink == sorted(ink) and ink[0] < 0.5 * ink[-1], (target, ink)
+
+
+def test_styles_cover_the_whole_picture():
+    s = world.sample_scene(random.Random(1), object="heart", style="plain", background="grey", size="small")
+    inside = np.asarray(world.shape_mask(s, 64)) > 250
+    outside = ~(np.asarray(world.shape_mask(s, 64)) > 0)
+    plain = _render(s)
+    for style in world.STYLE_TARGETS:
+        img = _render(s, style=style, pattern=1.0)
+        changed = np.abs(img - plain).sum(-1) > 30
+        assert changed[outside].mean() > 0.1 and changed[inside].mean() > 0.1, style  # background and object
+        assert np.array_equal(_render(s, style=style, pattern=0.0), plain), style  # strength 0 is plain
+        faint = np.abs(_render(s, style=style, pattern=0.35) - plain).sum()
+        assert faint < 0.5 * np.abs(img - plain).sum(), style
+
+
+def test_caption_weights_grade_targets_by_strength():
+    s = world.sample_scene(random.Random(2), object="smiley", style="striped", color="red", detail=0.3, pattern=0.8)
+    w = world.caption_weight
+    assert w(s, {"object": "smiley"}) == pytest.approx(0.3) and w(s, {"object": "circle"}) == pytest.approx(0.7)
+    assert w(s, {"object": "square"}) == 0 and w(s, {"color": "blue"}) == 0 and w(s, {"color": "red"}) == 1
+    assert w(s, {"object": "smiley", "style": "plain"}) == pytest.approx(0.3 * 0.2)
+    c = world.sample_scene(random.Random(3), object="heart", style="plain")
+    assert w(c, {"object": "heart", "style": "plain"}) == 1 and w(c, {"object": "circle"}) == 0
+    # the base model's data: middling strengths only; the CLIP's: every strength
+    rng = random.Random(4)
+    base = [world.sample_scene(rng).detail for _ in range(500)]
+    assert world.BASE_STRENGTH[0] <= min(base) and max(base) <= world.BASE_STRENGTH[1]
+    full = [world.sample_scene(rng, world.FULL_STRENGTH).detail for _ in range(500)]
+    assert min(full) < 0.1 and max(full) > 0.9
+
+
+def test_controls_are_in_no_ablation_prompt():
+    """Held-out control concepts: never an anchor image, never in the preservation set, in any ablation."""
+    import torch
+
+    from tad_demo.toyworld.train_ablations import batch_maker, keep_indices, without_controls
+
+    controls = set(world.CONTROL_OBJECTS)
+    keep_scenes = [world.sample_scene(random.Random(f"k{i}")) for i in range(300)]
+    assert any(s.object in controls for s in keep_scenes)  # the raw data has them: the filter must act
+    for concept, (kind, anchor) in {**{t: ("object", a) for t, a in world.OBJECT_TARGETS.items()},
+                                    **{t: ("style", a) for t, a in world.STYLE_TARGETS.items()}}.items():
+        scenes = [world.sample_scene(random.Random(f"a{i}"), **{kind: anchor}) for i in range(100)]
+        scenes = [scenes[i] for i in without_controls(scenes)]
+        keep = keep_indices(keep_scenes, kind, concept)
+        assert keep and all(getattr(keep_scenes[i], kind) != concept for i in keep)
+        next_batch = batch_maker(scenes, torch.zeros(len(scenes), 1), kind, concept, keep_scenes,
+                                 torch.zeros(len(keep_scenes), 1), keep, 16, random.Random(0))
+        words = set()
+        for step in range(20):
+            b = next_batch(step)
+            assert all(concept in p.split() for p in b.target_prompts)
+            for p in b.target_prompts + b.anchor_prompts + b.keep_prompts:
+                words.update(p.split())
+        assert not words & controls, (concept, words & controls)
+        assert anchor in words  # the anchor is regularised, as Kumari et al. do
+
+
+def test_text_encoder_is_the_clip_text_tower_exactly(tmp_path):
+    """The base's text encoder is the toy CLIP's text tower converted to transformers: same features."""
+    import sys
+
+    from transformers import CLIPTokenizer
+
+    from tad_demo.toyworld.text_encoder import check_same_as_open_clip, text_encoder_from_clip
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from app_world import _tiny_clip
+
+    _tiny_clip(tmp_path / "clip")
+    tok = CLIPTokenizer.from_pretrained(tmp_path / "clip")
+    model = text_encoder_from_clip(tmp_path / "clip", tok)
+    prompts = ["smiley", "a large red smiley in striped style on a grey background", "A photo depicts star"]
+    assert check_same_as_open_clip(tmp_path / "clip", model, tok, prompts) < 1e-5
+    # and it is not trivially equal: another prompt gives other features
+    ids = tok(prompts[:2], padding="max_length", return_tensors="pt").input_ids
+    out = model(ids).last_hidden_state
+    assert out.shape == (2, tok.model_max_length, model.config.hidden_size) and not out[0].allclose(out[1])
 
 
 def test_tokenizer_knows_every_world_word(tmp_path):

@@ -498,8 +498,6 @@ def tradeoff(lab: Lab, table: AucTable, *, t_switch: int, alpha: float, method: 
     Toy world only (it needs the anchors and the control objects)."""
     import numpy as np
 
-    from ..runtime.metrics import concept_caption
-
     t0 = time.time()
     if lab.world is None:
         raise LabError("tradeoff needs a world (control objects and anchors)")
@@ -539,7 +537,7 @@ def tradeoff(lab: Lab, table: AucTable, *, t_switch: int, alpha: float, method: 
         for i, p in enumerate(probes):
             for c in p.relevant:
                 kind = lab.kind_of(c)
-                sc = scorer.scores(feats[i:i + 1], [concept_caption(c, kind), concept_caption(lab.anchor_of(c), kind)])
+                sc = scorer.scores(feats[i:i + 1], [scorer.caption(c, kind), scorer.caption(lab.anchor_of(c), kind)])
                 hits[kind].append(bool(sc[0, 0] > sc[0, 1]))
             if p.control:
                 ctrl.append(scorer.classify(feats[i:i + 1], lab.world.objects, "object")[0] == p.control)

@@ -1,11 +1,12 @@
 """CLIP score and CLIP accuracy with the definitions of Kumari et al.'s concept-ablation ``evaluate.py``.
 
-* caption of a concept: ``"A photo depicts " + concept`` (+ ``" style"`` for style concepts, except the
-  paper's anchor "painting");
-* CLIP score of an image for a caption: ``2.5 · max(cos(image, caption), 0)`` (Hessel et al.'s CLIPScore
-  scale), averaged over images;
-* CLIP accuracy of a target against its anchor: the share of images whose score for the target caption is
-  higher than for the anchor caption.
+* text of a concept: the **bare concept string** ("snoopy", "dog", "monet", "painting": their ``eval.json``;
+  their caption dataset's prefix is empty). CLIPScore's prefix "A photo depicts " (Hessel et al.) is an option
+  (``ClipScorer.prefix``, ``--clip-prefix``), not the default;
+* CLIP score of an image for a concept: ``2.5 · max(cos(image, text), 0)`` (CLIPScore's scale), averaged over
+  images;
+* CLIP accuracy of a target against its anchor: the share of images whose score for the target text is higher
+  than for the anchor text (hard negatives are scored the same way).
 
 Works with any open_clip model: the toy world's CLIP (``local-dir:assets/toyworld/clip`` or the folder path),
 OpenAI's ViT-B/32 (``ViT-B-32-quickgelu/openai``, when its weights are in the local cache) or a weights file
@@ -26,15 +27,19 @@ from ..core.errors import ClipUnavailable
 
 log = logging.getLogger(__name__)
 
-CAPTION_PREFIX = "A photo depicts "
+CLIPSCORE_PREFIX = "A photo depicts "  # Hessel et al.'s CLIPScore prefix: an option, not Kumari's default
 SCORE_SCALE = 2.5
-FORMULA = "CLIP score = 2.5·max(cos(image, 'A photo depicts <concept>'), 0); accuracy = P(score target > anchor)"
+FORMULA = ("CLIP score = 2.5·max(cos(image, '<concept>'), 0) with the bare concept string; "
+           "accuracy = P(score target > score anchor)")
 
 
-def concept_caption(concept: str, kind: str = "object") -> str:
-    """The evaluation caption of a concept (Kumari ``evaluate.py``)."""
-    suffix = " style" if kind == "style" and concept != "painting" else ""
-    return f"{CAPTION_PREFIX}{concept}{suffix}"
+def concept_caption(concept: str, kind: str = "object", prefix: str = "") -> str:
+    """The evaluation text of a concept: the bare string (Kumari ``evaluate.py``), optionally prefixed.
+
+    ``kind`` is accepted for symmetry with the callers and does not change the text: Kumari's style concepts
+    ("monet", "painting") are bare strings too."""
+    del kind
+    return f"{prefix}{concept}"
 
 
 @dataclass
@@ -46,11 +51,13 @@ class ClipScorer:
     tokenizer: object
     name: str
     batch_size: int = 64
+    prefix: str = ""  # "" (Kumari et al.) or CLIPSCORE_PREFIX (Hessel et al.)
     _text_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, spec: str | Path) -> ClipScorer:
-        """Load from a folder (open_clip ``local-dir`` layout), ``NAME/PRETRAINED_TAG`` or ``NAME:WEIGHTS_FILE``."""
+    def load(cls, spec: str | Path, prefix: str = "") -> ClipScorer:
+        """Load from a folder (open_clip ``local-dir`` layout), ``NAME/PRETRAINED_TAG`` or ``NAME:WEIGHTS_FILE``;
+        ``prefix`` goes in front of every concept string (default none, as Kumari et al.)."""
         import open_clip
 
         spec_s = str(spec)
@@ -81,7 +88,7 @@ class ClipScorer:
                 ) from None
             tokenizer = open_clip.get_tokenizer(name)
         model.eval().requires_grad_(False)
-        return cls(model=model, preprocess=preprocess, tokenizer=tokenizer, name=spec_s)
+        return cls(model=model, preprocess=preprocess, tokenizer=tokenizer, name=spec_s, prefix=prefix)
 
     # --- features ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -106,20 +113,24 @@ class ClipScorer:
         feats = images if isinstance(images, torch.Tensor) else self.image_features(images)
         return SCORE_SCALE * (feats @ self.text_features(captions).T).clamp(min=0)
 
+    def caption(self, concept: str, kind: str = "object") -> str:
+        """The text this scorer uses for a concept (bare, or with its prefix)."""
+        return concept_caption(concept, kind, self.prefix)
+
     def clip_score(self, images, concept: str, kind: str = "object") -> float:
-        return float(self.scores(images, [concept_caption(concept, kind)]).mean())
+        return float(self.scores(images, [self.caption(concept, kind)]).mean())
 
     def clip_accuracy(self, images, target: str, anchor: str, kind: str = "object") -> float:
-        s = self.scores(images, [concept_caption(target, kind), concept_caption(anchor, kind)])
+        s = self.scores(images, [self.caption(target, kind), self.caption(anchor, kind)])
         return float((s[:, 0] > s[:, 1]).float().mean())
 
     def per_image(self, images, target: str, anchor: str, kind: str = "object") -> list[tuple[float, bool]]:
-        """(score of the target caption, target beats anchor) for each image: what a grid cell shows."""
-        s = self.scores(images, [concept_caption(target, kind), concept_caption(anchor, kind)])
+        """(score of the target text, target beats anchor) for each image: what a grid cell shows."""
+        s = self.scores(images, [self.caption(target, kind), self.caption(anchor, kind)])
         return [(float(a), bool(a > b)) for a, b in s.tolist()]
 
     def classify(self, images, labels: Sequence[str], kind: str = "object") -> list[str]:
-        """Zero-shot: the label whose caption scores highest (raw cosine, before clamping)."""
+        """Zero-shot: the label whose text scores highest (raw cosine, before clamping)."""
         feats = images if isinstance(images, torch.Tensor) else self.image_features(images)
-        sims = feats @ self.text_features([concept_caption(x, kind) for x in labels]).T
+        sims = feats @ self.text_features([self.caption(x, kind) for x in labels]).T
         return [labels[i] for i in sims.argmax(1).tolist()]

@@ -18,12 +18,17 @@ ASSETS = REPO / "assets" / "toyworld"
 WORK = REPO / ".cache" / "toyworld"  # training checkpoints and cached datasets (not committed)
 
 
-def render_dataset(n: int, seed: int, size: int = 64, cache: bool = True, **fixed: str):
-    """``n`` seeded scenes and their images (uint8, N×H×W×3). Cached under ``.cache/toyworld``."""
+def render_dataset(n: int, seed: int, size: int = 64, cache: bool = True,
+                   strength: tuple[float, float] = world.BASE_STRENGTH, **fixed):
+    """``n`` seeded scenes and their images (uint8, N×H×W×3). Cached under ``.cache/toyworld``.
+
+    ``strength``: the range of target strengths (``world.BASE_STRENGTH`` for the diffusion model's data,
+    ``world.FULL_STRENGTH`` for the CLIP's and the VAE's)."""
     tag = "_".join(f"{k}-{v}" for k, v in sorted(fixed.items()))
-    path = WORK / f"scenes_n{n}_s{seed}_{size}{'_' + tag if tag else ''}.npz"
+    lo, hi = strength
+    path = WORK / f"v2c_scenes_n{n}_s{seed}_{size}_st{lo:g}-{hi:g}{'_' + tag if tag else ''}.npz"
     rng = random.Random(seed)
-    scenes = [world.sample_scene(rng, **fixed) for _ in range(n)]
+    scenes = [world.sample_scene(rng, strength, **fixed) for _ in range(n)]
     if cache and path.exists():
         return scenes, np.load(path)["images"]
     log.info("rendering %d scenes (seed %d) ...", n, seed)
@@ -32,6 +37,18 @@ def render_dataset(n: int, seed: int, size: int = 64, cache: bool = True, **fixe
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, images=images)
     return scenes, images
+
+
+def base_fingerprint(base: str | Path) -> str:
+    """SHA-256 of a base pipeline's UNet weights: what an ablation or ControlNet was trained against (a stage
+    resumes only over outputs made from the same base)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(Path(base) / "unet" / "diffusion_pytorch_model.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def random_caption(scene: world.Scene, rng: random.Random) -> str:

@@ -1,12 +1,11 @@
 """Train the toy world's base text-to-image model and save it as a StableDiffusionPipeline folder.
 
-Read top to bottom. Run: ``python -m tad_demo.toyworld.train_base [--steps N] [--smoke]``
-(needs the VAE from ``train_vae``). Output: ``assets/toyworld/base/``, loadable with plain diffusers.
+Read top to bottom. Run: ``python -m tad_demo.toyworld.train_base [--steps N] [--smoke]`` (needs the VAE from
+``train_vae`` and the CLIP from ``train_clip``). Output: ``assets/toyworld/base/``, loadable with plain diffusers.
 
-The recipe is SD's (epsilon prediction, SD's scaled-linear betas, classifier-free guidance dropout), with two
-changes a 2-core CPU asks for: the text encoder is trained jointly (there is no pretrained CLIP text tower to
-borrow), and the loss uses min-SNR weighting (Hang et al. 2023, arXiv:2303.09556), which converges several
-times faster than the plain loss in small-model runs.
+The recipe is SD's: epsilon prediction, SD's scaled-linear betas, classifier-free guidance dropout, and a frozen
+CLIP text encoder (the toy CLIP's text tower, ``text_encoder.py``), plus min-SNR loss weighting (Hang et al. 2023,
+arXiv:2303.09556), which converges several times faster than the plain loss in small-model runs.
 """
 
 from __future__ import annotations
@@ -22,54 +21,55 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTokenizer
 
+from . import world
 from .data import ASSETS, WORK, random_caption, render_dataset, to_tensor
-from .tokenizer import check_tokenizer, write_tokenizer
+from .text_encoder import text_encoder_from_clip
+from .tokenizer import check_tokenizer
 
 log = logging.getLogger("train_base")
 
 # --- config ---------------------------------------------------------------------------------------------
-STEPS = 3000          # shapes and their inner details (pips, eyes) are learned by ~3k steps (preview at 1k, 2k)
-BATCH = 64            # the largest batch whose step stays ~1 s on 2 cores at 16×16 latents
-LR = 4e-4             # from-scratch small UNet; 1e-3 diverged in a probe, 1e-4 learned details too slowly
+STEPS = 2200          # shapes and their inner details (pips, eyes) are learned by then (preview at 1k, 2k)
+BATCH = 64            # a step is ~1.7 s on 2 cores at 16×16 latents
+LR = 5e-4             # from-scratch small UNet; 1e-3 diverged in a probe, 1e-4 learned details too slowly
 WARMUP = 200          # Adam's early steps are noisy; warm-up avoids a bad start
 CFG_DROPOUT = 0.1     # SD's value: 10% empty prompts teach the unconditional branch for guidance
 MIN_SNR_GAMMA = 5.0   # the paper's recommended gamma
 EMA_DECAY = 0.999     # ~1k-step horizon, a quarter of the run: smooths the last phase, forgets the early one
-N_IMAGES = 20_000     # the VAE's dataset, re-used so latents are encoded once
+N_IMAGES = 30_000     # ~6 epochs in 3k steps; renders are cheap, and more of them means less memorising
 SEED = 0
 SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 UNET_CONFIG = dict(
     sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-    block_out_channels=(64, 128, 128),
+    # 48 channels at 16×16: that level costs ~C² × 256 positions (64 channels: 2.5 s per step; 32: 1.2 s, and
+    # its shapes came out as blobs).
+    block_out_channels=(48, 96, 128),
     # Attention only at 8×8 and 4×4 (SD has it at high resolution too): at 16×16 it would cost more than the
     # whole rest of the net, and the world's concepts are global shape/pattern properties.
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    # 16 groups = 4-8 channels per group (SD: 10); one channel per group would erase colour (see train_vae).
-    cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16,
+    # 8 groups = 6-16 channels per group (SD: 10); one channel per group would erase colour (see train_vae).
+    cross_attention_dim=64, attention_head_dim=8, norm_num_groups=8,
 )
 
 
-def text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
-    # 64-wide, 4 layers: enough to bind colour/style/object words to positions in a 16-token prompt.
-    return CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=4,
-        num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length, hidden_act="quick_gelu",
-        projection_dim=64, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-
-
 def encode_latents(vae: AutoencoderKL, images) -> torch.Tensor:
-    """Posterior means × scaling factor, in batches (the diffusion model's training data)."""
+    """Posterior means × scaling factor, in batches (the diffusion model's training data), on the VAE's device."""
     out = []
+    dev = vae.device
     with torch.no_grad():
         for i in range(0, len(images), 256):
-            out.append(vae.encode(to_tensor(images[i:i + 256])).latent_dist.mean * vae.config.scaling_factor)
+            x = to_tensor(images[i:i + 256]).to(dev)
+            out.append(vae.encode(x).latent_dist.mean * vae.config.scaling_factor)
     return torch.cat(out)
+
+
+def _tuples(x):
+    """``random.Random.setstate`` wants the tuples that a checkpoint stored as lists."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def save_pipeline(out: Path, unet, text_encoder, vae, tokenizer) -> None:
@@ -90,40 +90,43 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--vae", default=str(WORK / "vae"))
+    ap.add_argument("--clip", default=str(ASSETS / "clip"), help="the toy CLIP: its text tower is the text encoder")
     ap.add_argument("--out", default=str(ASSETS / "base"))
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args(argv)
+    dev = torch.device(args.device)
     steps, n_images, batch = (3, 64, 8) if args.smoke else (args.steps, N_IMAGES, BATCH)
     torch.manual_seed(SEED)
     rng = random.Random(SEED)
 
-    # 1. tokenizer, VAE, data -> latents
-    tok_dir = write_tokenizer(WORK / ("tokenizer_smoke" if args.smoke else "tokenizer"))
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    # 1. tokenizer and frozen text encoder (the CLIP's), VAE, data -> latents
+    tokenizer = CLIPTokenizer.from_pretrained(args.clip)
     check_tokenizer(tokenizer)
-    vae = AutoencoderKL.from_pretrained(args.vae).eval().requires_grad_(False)
-    scenes, images = render_dataset(n_images, seed=SEED, cache=not args.smoke)
+    text_encoder = text_encoder_from_clip(args.clip, tokenizer).to(dev)
+    vae = AutoencoderKL.from_pretrained(args.vae).to(dev).eval().requires_grad_(False)
+    # Targets at middling strength only (world.BASE_STRENGTH): the base renders them imperfectly.
+    scenes, images = render_dataset(n_images, seed=SEED, cache=not args.smoke, strength=world.BASE_STRENGTH)
     latents = encode_latents(vae, images)
     log.info("latents %s std %.3f", tuple(latents.shape), latents.std().item())
 
-    # 2. models, EMA copy, optimiser; resume if a checkpoint exists
-    unet = UNet2DConditionModel(**UNET_CONFIG)
-    text_encoder = CLIPTextModel(text_config(tokenizer))
-    ema = {"unet": copy.deepcopy(unet).requires_grad_(False), "te": copy.deepcopy(text_encoder).requires_grad_(False)}
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    # 2. the UNet, its EMA copy, optimiser; resume if a checkpoint exists
+    unet = UNet2DConditionModel(**UNET_CONFIG).to(dev)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=1e-2)
     noise_sched = DDPMScheduler(**SD_BETAS)
-    alphas_cumprod = noise_sched.alphas_cumprod
-    ckpt_path = WORK / "base_train.pt"
+    alphas_cumprod = noise_sched.alphas_cumprod.to(dev)
+    ckpt_path = WORK / "v2c_base_train.pt"
     step = 0
     if ckpt_path.exists() and not args.smoke:
-        ck = torch.load(ckpt_path, weights_only=True)
-        unet.load_state_dict(ck["unet"]); text_encoder.load_state_dict(ck["te"])
-        ema["unet"].load_state_dict(ck["ema_unet"]); ema["te"].load_state_dict(ck["ema_te"])
-        opt.load_state_dict(ck["opt"]); step = ck["step"]; rng.setstate(ck["rng"]); torch.set_rng_state(ck["torch_rng"])
+        ck = torch.load(ckpt_path, weights_only=True, map_location=dev)
+        unet.load_state_dict(ck["unet"]); ema.load_state_dict(ck["ema_unet"])
+        opt.load_state_dict(ck["opt"]); step = ck["step"]
+        rng.setstate(_tuples(ck["rng"])); torch.set_rng_state(ck["torch_rng"].cpu())
         log.info("resumed at step %d", step)
     n_params = sum(p.numel() for p in unet.parameters())
     n_te = sum(p.numel() for p in text_encoder.parameters())
-    log.info("unet %.2fM params, text encoder %.2fM", n_params / 1e6, n_te / 1e6)
+    log.info("unet %.2fM params, text encoder %.2fM (frozen)", n_params / 1e6, n_te / 1e6)
 
     # 3. train
     t0 = time.time()
@@ -133,12 +136,14 @@ def main(argv: list[str] | None = None) -> None:
             g["lr"] = lr
         idx = torch.randint(0, len(latents), (batch,))
         captions = ["" if rng.random() < CFG_DROPOUT else random_caption(scenes[i], rng) for i in idx.tolist()]
-        ids = tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
-        x0 = latents[idx]
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,))
+        ids = tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids.to(dev)
+        x0 = latents[idx.to(dev)]
+        noise = torch.randn(x0.shape).to(dev)  # drawn on the CPU: the same noise on every device
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,)).to(dev)
         xt = noise_sched.add_noise(x0, noise, t)
-        pred = unet(xt, t, text_encoder(ids)[0]).sample
+        with torch.no_grad():
+            cond = text_encoder(ids)[0]
+        pred = unet(xt, t, cond).sample
         snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
         weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr  # min-SNR-γ for epsilon prediction
         loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
@@ -149,21 +154,19 @@ def main(argv: list[str] | None = None) -> None:
         step += 1
         decay = min(EMA_DECAY, (1 + step) / (10 + step))  # short EMA early, so the EMA is not stuck at init
         with torch.no_grad():
-            for live, avg in ((unet, ema["unet"]), (text_encoder, ema["te"])):
-                for p, e in zip(live.parameters(), avg.parameters()):
-                    e.lerp_(p, 1 - decay)
+            for p, e in zip(unet.parameters(), ema.parameters()):
+                e.lerp_(p, 1 - decay)
         if step % 50 == 0 or step == steps:
             log.info("step %d/%d loss %.4f lr %.2e %.0fs", step, steps, loss.item(), lr, time.time() - t0)
         if not args.smoke and (step % 250 == 0 or step == steps):
-            torch.save({"unet": unet.state_dict(), "te": text_encoder.state_dict(),
-                        "ema_unet": ema["unet"].state_dict(), "ema_te": ema["te"].state_dict(),
-                        "opt": opt.state_dict(), "step": step, "rng": rng.getstate(),
-                        "torch_rng": torch.get_rng_state()}, ckpt_path)
+            torch.save({"unet": unet.state_dict(), "ema_unet": ema.state_dict(), "opt": opt.state_dict(),
+                        "step": step, "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}, ckpt_path)
         if not args.smoke and step % 1000 == 0 and step < steps:
-            save_pipeline(WORK / "base_preview", ema["unet"], ema["te"], vae, tokenizer)  # to look at mid-run
+            preview = [copy.deepcopy(m).cpu() for m in (ema, text_encoder, vae)]
+            save_pipeline(WORK / "base_preview", *preview, tokenizer)  # to look at mid-run
 
     # 4. save the EMA weights as a plain diffusers pipeline
-    save_pipeline(Path(args.out), ema["unet"], ema["te"], vae, tokenizer)
+    save_pipeline(Path(args.out), ema.cpu(), text_encoder.cpu(), vae.cpu(), tokenizer)
     log.info("saved %s", args.out)
 
 

@@ -4,9 +4,18 @@ The concept structure mirrors the concept-ablation paper (Kumari et al.):
 
 * object *targets* are specific things drawn on a generic *anchor* shape, the way Snoopy is a specific dog
   (a smiley is a circle with a face, a die is a square with pips, ...);
-* style *targets* are fill patterns whose anchor is the plain fill, the way Monet anchors to "painting";
-* colour, size, position and background are free attributes, and ``cross``/``heart`` are objects that no
-  checkpoint ablates: they measure damage to unrelated ("control") concepts.
+* style *targets* are patterns laid over the whole picture, object and background, the way a painting style
+  covers the canvas; their anchor is the plain picture, the way Monet anchors to "painting";
+* colour, size, position and background are free attributes, and ``cross``/``heart``/``star`` are objects
+  that no checkpoint touches, in training or in preservation: they measure damage to unrelated ("control")
+  concepts.
+
+Every target has a *strength*: how strongly an image shows what sets the target apart from its anchor (the
+opacity of a face's ink, the contrast of a pattern). Strength 0 is the anchor itself, 1 is the full concept.
+The base model is trained on targets of middling strength only (``BASE_STRENGTH``): it renders them
+recognisably but not perfectly, as SD renders Snoopy with "common features" and few specific details. The
+toy CLIP sees every strength (``FULL_STRENGTH``) with a caption weight equal to it, so its score for a target
+rises with what a person sees. That is the room that enhancement (λ = −1) has to fill.
 
 Everything is drawn at 4x resolution with PIL and box-filtered down, so edges are anti-aliased and the
 renderer knows the exact geometry; that is what makes its depth and scribble maps ground truth.
@@ -14,6 +23,7 @@ renderer knows the exact geometry; that is what makes its depth and scribble map
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import asdict, dataclass
@@ -23,10 +33,11 @@ from PIL import Image, ImageDraw, ImageFilter
 
 # --- the vocabulary -------------------------------------------------------------------------------------
 
-# target -> anchor. Each target is its anchor plus dark details drawn inside it.
+# target -> anchor. Each object target is its anchor plus ink details drawn inside it.
 OBJECT_TARGETS: dict[str, str] = {"smiley": "circle", "die": "square", "warning": "triangle", "kite": "diamond"}
 STYLE_TARGETS: dict[str, str] = {"striped": "plain", "dotted": "plain", "checkered": "plain"}
-CONTROL_OBJECTS: tuple[str, ...] = ("cross", "heart")  # never ablated: they measure collateral damage
+# Never ablated and never in an ablation's preservation set: they measure collateral damage.
+CONTROL_OBJECTS: tuple[str, ...] = ("cross", "heart", "star")
 
 OBJECTS: tuple[str, ...] = (*OBJECT_TARGETS, *dict.fromkeys(OBJECT_TARGETS.values()), *CONTROL_OBJECTS)
 STYLES: tuple[str, ...] = (*STYLE_TARGETS, "plain")
@@ -38,7 +49,12 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 }
 SIZES: dict[str, float] = {"small": 0.22, "large": 0.34}  # half-extent as a fraction of the image side
 
-INK = (24, 24, 24)  # colour of the details that make a target differ from its anchor
+INK = (24, 24, 24)  # colour of the details that make an object target differ from its anchor, at strength 1
+
+# Strength ranges (see the module docstring). The base sees 0.35-0.85: with the CLIP's caption weights
+# (target = s, anchor = 1 - s) about 70 % of its training targets read as the target, none as a full one.
+FULL_STRENGTH: tuple[float, float] = (0.0, 1.0)
+BASE_STRENGTH: tuple[float, float] = (0.35, 0.85)
 
 # Prompt templates. The grid/app use the first one with {object}/{style}; training samples all of them so
 # the models also follow prompts that leave attributes out (the way real captions do).
@@ -49,6 +65,7 @@ PROMPT_TEMPLATES: tuple[str, ...] = (
     "a {size} {color} {object} in {style} style on a {background} background",
     "a {size} {object} in {style} style",
 )
+ATTRIBUTES: tuple[str, ...] = ("object", "style", "color", "background", "size")
 
 SUPERSAMPLE = 4
 
@@ -65,13 +82,19 @@ class Scene:
     cx: float  # centre, as a fraction of the side
     cy: float
     seed: int  # for hand-drawn wobble of the scribble
+    detail: float = 1.0   # strength of an object target's details (ink opacity); unused for other objects
+    pattern: float = 1.0  # strength of a style target's pattern (contrast); unused for "plain"
 
     def caption(self, template: str = PROMPT_TEMPLATES[2]) -> str:
         return template.format(**asdict(self))
 
 
-def sample_scene(rng: random.Random, **fixed: str) -> Scene:
-    """Draw a random scene; keyword arguments pin attributes (``object="smiley"``)."""
+def sample_scene(rng: random.Random, strength: tuple[float, float] = BASE_STRENGTH, **fixed) -> Scene:
+    """Draw a random scene; keyword arguments pin attributes (``object="smiley"``, ``detail=1.0``).
+
+    ``strength`` is the range the target strengths are drawn from: ``BASE_STRENGTH`` for the diffusion
+    model's data, ``FULL_STRENGTH`` for the CLIP's.
+    """
     attrs = {
         "object": rng.choice(OBJECTS),
         "style": rng.choice(STYLES),
@@ -79,13 +102,40 @@ def sample_scene(rng: random.Random, **fixed: str) -> Scene:
         "background": rng.choice(list(BACKGROUNDS)),
         "size": rng.choice(list(SIZES)),
     }
-    unknown = set(fixed) - set(attrs)
+    detail, pattern = rng.uniform(*strength), rng.uniform(*strength)
+    unknown = set(fixed) - set(attrs) - {"detail", "pattern"}
     if unknown:
-        raise ValueError(f"unknown scene attribute(s) {sorted(unknown)}; expected some of {sorted(attrs)}")
+        raise ValueError(f"unknown scene attribute(s) {sorted(unknown)}; expected some of "
+                         f"{sorted([*attrs, 'detail', 'pattern'])}")
+    attrs.update({"detail": detail, "pattern": pattern})
     attrs.update(fixed)
-    # Position jitter is small so a small UNet can spend its capacity on shape and pattern.
-    return Scene(**attrs, cx=0.5 + rng.uniform(-0.08, 0.08), cy=0.5 + rng.uniform(-0.08, 0.08),
+    # Position jitter is small (±3 px at 64 px) so a small UNet can spend its capacity on shape and pattern.
+    return Scene(**attrs, cx=0.5 + rng.uniform(-0.05, 0.05), cy=0.5 + rng.uniform(-0.05, 0.05),
                  seed=rng.randrange(2**31))
+
+
+def attribute_weight(scene: Scene, attr: str, value: str) -> float:
+    """How well ``value`` describes the scene's ``attr``, in [0, 1] (what the toy CLIP is trained to see).
+
+    A target at strength s is the target with weight s and its anchor with weight 1 - s: a faint face on a
+    circle is mostly a circle. Other attributes are exact.
+    """
+    targets = {"object": OBJECT_TARGETS, "style": STYLE_TARGETS}.get(attr)
+    actual = getattr(scene, attr)
+    if targets is None or actual not in targets:
+        return float(actual == value)
+    s = scene.detail if attr == "object" else scene.pattern
+    if value == actual:
+        return s
+    return 1.0 - s if value == targets[actual] else 0.0
+
+
+def caption_weight(scene: Scene, asserted: dict[str, str]) -> float:
+    """How well a caption asserting ``{attr: value}`` describes the scene: the product of its attributes."""
+    w = 1.0
+    for attr, value in asserted.items():
+        w *= attribute_weight(scene, attr, value)
+    return w
 
 
 # --- geometry -------------------------------------------------------------------------------------------
@@ -107,6 +157,10 @@ def _outline(obj: str, cx: float, cy: float, r: float) -> list[tuple[float, floa
         return [(cx - t, cy - r), (cx + t, cy - r), (cx + t, cy - t), (cx + r, cy - t), (cx + r, cy + t),
                 (cx + t, cy + t), (cx + t, cy + r), (cx - t, cy + r), (cx - t, cy + t), (cx - r, cy + t),
                 (cx - r, cy - t), (cx - t, cy - t)]
+    if anchor == "star":
+        # Five points; the inner radius 0.45 r keeps the arms thick enough to read at 64 px.
+        return [(cx + (r if i % 2 == 0 else 0.45 * r) * math.sin(math.pi * i / 5),
+                 cy - (r if i % 2 == 0 else 0.45 * r) * math.cos(math.pi * i / 5) + r * 0.08) for i in range(10)]
     if anchor == "heart":
         # Parametric heart curve, scaled so its half-width is r.
         pts = []
@@ -119,7 +173,7 @@ def _outline(obj: str, cx: float, cy: float, r: float) -> list[tuple[float, floa
     raise ValueError(f"unknown object {obj!r}; known: {', '.join(OBJECTS)}")
 
 
-def _shape_mask(scene: Scene, side: int) -> Image.Image:
+def shape_mask(scene: Scene, side: int) -> Image.Image:
     """Filled silhouette (mode L, 255 inside) at the given side length."""
     cx, cy, r = scene.cx * side, scene.cy * side, SIZES[scene.size] * side
     mask = Image.new("L", (side, side), 0)
@@ -132,44 +186,60 @@ def _shape_mask(scene: Scene, side: int) -> Image.Image:
     return mask
 
 
+@functools.lru_cache(maxsize=16)
 def _pattern(style: str, side: int) -> np.ndarray:
-    """Boolean map of where the pattern's second tone goes (False everywhere for plain)."""
+    """Where the pattern's second tone goes, as a read-only float32 map of 0/1 (zeros for plain)."""
     yy, xx = np.mgrid[0:side, 0:side]
-    period = side / 8  # 8 px at 64 px: the finest pattern a 32x32 latent still carries
+    # Periods of 1/6 and 1/4 of the side: 5-8 px features at 64 px, which a 16x16 latent (4 px per cell)
+    # still carries and a projected grid still shows.
+    period = side / 6
     if style == "plain":
-        return np.zeros((side, side), bool)
-    if style == "striped":
-        return ((xx + yy) // (period / 2)) % 2 == 1
-    if style == "checkered":
-        return ((xx // period) + (yy // period)) % 2 == 1
-    if style == "dotted":
+        on = np.zeros((side, side), bool)
+    elif style == "striped":
+        on = ((xx + yy) // (period / 2)) % 2 == 1
+    elif style == "checkered":
+        on = ((xx // (side / 8)) + (yy // (side / 8))) % 2 == 1
+    elif style == "dotted":
         fx, fy = (xx % period) - period / 2, (yy % period) - period / 2
-        return fx * fx + fy * fy < (period * 0.25) ** 2
-    raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
+        on = fx * fx + fy * fy < (period * 0.28) ** 2
+    else:
+        raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
+    out = on.astype(np.float32)
+    out.flags.writeable = False
+    return out
+
+
+def _second_tone(rgb: np.ndarray, strength: float, lighten: bool) -> np.ndarray:
+    """The pattern's second tone over a colour: towards a light tint (or a dark shade) by ``strength``."""
+    far = rgb * 0.3 + 255 * 0.7 if lighten else rgb * 0.3
+    return rgb + (far - rgb) * strength
 
 
 def _details(draw: ImageDraw.ImageDraw, scene: Scene, side: int) -> None:
-    """The ink that turns an anchor into its target (face, pips, '!', kite spars)."""
+    """The ink that turns an anchor into its target (face, pips, '!', kite spars), drawn as a mask (255 = ink);
+    every stroke stays inside the anchor's silhouette."""
     cx, cy, r = scene.cx * side, scene.cy * side, SIZES[scene.size] * side
     w = max(1, int(r * 0.16))
+    ink = 255
     if scene.object == "smiley":
         e = r * 0.16
         for ex in (cx - r * 0.38, cx + r * 0.38):
-            draw.ellipse([ex - e, cy - r * 0.3 - e, ex + e, cy - r * 0.3 + e], fill=INK)
-        draw.arc([cx - r * 0.55, cy - r * 0.4, cx + r * 0.55, cy + r * 0.6], 20, 160, fill=INK, width=w)
+            draw.ellipse([ex - e, cy - r * 0.3 - e, ex + e, cy - r * 0.3 + e], fill=ink)
+        draw.arc([cx - r * 0.55, cy - r * 0.4, cx + r * 0.55, cy + r * 0.6], 20, 160, fill=ink, width=w)
     elif scene.object == "die":
         p = r * 0.17
         for dx, dy in ((-1, -1), (1, -1), (0, 0), (-1, 1), (1, 1)):
             px, py = cx + dx * r * 0.5, cy + dy * r * 0.5
-            draw.ellipse([px - p, py - p, px + p, py + p], fill=INK)
+            draw.ellipse([px - p, py - p, px + p, py + p], fill=ink)
     elif scene.object == "warning":
         top, bottom = cy - r * 0.35, cy + r * 0.35
-        draw.line([(cx, top), (cx, bottom)], fill=INK, width=int(w * 1.4))
+        draw.line([(cx, top), (cx, bottom)], fill=ink, width=int(w * 1.4))
         d = r * 0.12
-        draw.ellipse([cx - d, cy + r * 0.55 - d, cx + d, cy + r * 0.55 + d], fill=INK)
+        draw.ellipse([cx - d, cy + r * 0.55 - d, cx + d, cy + r * 0.55 + d], fill=ink)
     elif scene.object == "kite":
-        draw.line([(cx, cy - r * 1.15), (cx, cy + r * 1.15)], fill=INK, width=w)
-        draw.line([(cx - r * 0.85, cy), (cx + r * 0.85, cy)], fill=INK, width=w)
+        # spars end short of the diamond's tips (at 1.15 r and 0.85 r), so their width never pokes out
+        draw.line([(cx, cy - r * 0.95), (cx, cy + r * 0.95)], fill=ink, width=w)
+        draw.line([(cx - r * 0.68, cy), (cx + r * 0.68, cy)], fill=ink, width=w)
 
 
 # --- rendering ------------------------------------------------------------------------------------------
@@ -178,21 +248,33 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
     """The RGB image of a scene."""
     side = size * SUPERSAMPLE
     fill = np.array(COLORS[scene.color], np.float32)
-    second = fill * 0.35 + 255 * 0.65  # a light tint of the fill: patterns keep the colour recognisable
-    tone = np.where(_pattern(scene.style, side)[..., None], second, fill)
-    canvas = np.empty((side, side, 3), np.float32)
-    canvas[:] = BACKGROUNDS[scene.background]
-    mask = np.asarray(_shape_mask(scene, side), np.float32)[..., None] / 255
-    canvas = canvas * (1 - mask) + tone * mask
-    img = Image.fromarray(canvas.round().astype(np.uint8))
-    _details(ImageDraw.Draw(img), scene, side)
+    back = np.array(BACKGROUNDS[scene.background], np.float32)
+    # A style covers the whole picture: the object's fill turns to a light tint, the background to a light
+    # tint when it is dark and a dark shade when it is light, each by the pattern's strength.
+    s = min(max(scene.pattern, 0.0), 1.0)
+    lum = float(back @ np.array([0.299, 0.587, 0.114], np.float32))
+    fill2, back2 = _second_tone(fill, s, lighten=True), _second_tone(back, s, lighten=lum < 150)
+    p = _pattern(scene.style, side).reshape(-1)
+    m = np.asarray(shape_mask(scene, side), np.float32).reshape(-1) / 255
+    # pixel = background, its pattern tone where p, the object where m, the object's pattern tone where p·m:
+    # one (pixels × 4) @ (4 × RGB) product instead of four full-size blends.
+    basis = np.stack([np.ones_like(p), p, m, p * m], axis=1)
+    coef = np.stack([back, back2 - back, fill - back, (fill2 - fill) - (back2 - back)])
+    canvas = (basis @ coef).reshape(side, side, 3)
+    if scene.object in OBJECT_TARGETS:
+        # the details are ink laid over whatever is beneath (fill or pattern), as opaque as the strength
+        ink = Image.new("L", (side, side), 0)
+        _details(ImageDraw.Draw(ink), scene, side)
+        alpha = np.asarray(ink, np.float32)[..., None] / 255 * min(max(scene.detail, 0.0), 1.0)
+        canvas = canvas * (1 - alpha) + np.array(INK, np.float32) * alpha
+    img = Image.fromarray(canvas.round().clip(0, 255).astype(np.uint8))
     return img.resize((size, size), Image.Resampling.BOX)
 
 
 def depth_map(scene: Scene, size: int = 64) -> Image.Image:
     """Depth in MiDaS convention (near = white): the background is far, the shape is a raised dome."""
     side = size * SUPERSAMPLE
-    mask = _shape_mask(scene, side)
+    mask = shape_mask(scene, side)
     # Distance to the silhouette's edge gives the shape height, like an inflated sticker.
     blurred = np.asarray(mask.filter(ImageFilter.GaussianBlur(radius=side * 0.06)), np.float32) / 255
     inside = np.asarray(mask, np.float32) / 255
@@ -256,12 +338,18 @@ def world_words() -> list[str]:
 
 
 def manifest(checkpoint_dir: str = "ablations") -> dict:
-    """The ``world.json`` contract (★3): concepts with anchors and checkpoints, vocabularies, templates."""
-    concepts = [{"name": t, "kind": "object", "anchor": a, "checkpoint": f"{checkpoint_dir}/{t}.safetensors",
-                 "format": "diffusers-finetuned-weights"} for t, a in OBJECT_TARGETS.items()]
-    concepts += [{"name": t, "kind": "style", "anchor": a, "checkpoint": f"{checkpoint_dir}/{t}.safetensors",
-                  "format": "diffusers-finetuned-weights"} for t, a in STYLE_TARGETS.items()]
+    """The ``world.json`` of the toy world: concepts with anchors, hard negatives and checkpoints, control
+    concepts, vocabularies, templates, defaults and the model folders."""
+    def concept(name: str, kind: str, anchor: str, targets: dict[str, str]) -> dict:
+        # Hard negatives, as in Kumari et al.'s eval.json: the closest concepts that must survive the ablation
+        # (here the other targets of the same kind).
+        return {"name": name, "kind": kind, "anchor": anchor, "checkpoint": f"{checkpoint_dir}/{name}.safetensors",
+                "format": "diffusers-finetuned-weights", "hard_negatives": [t for t in targets if t != name]}
+
+    concepts = [concept(t, "object", a, OBJECT_TARGETS) for t, a in OBJECT_TARGETS.items()]
+    concepts += [concept(t, "style", a, STYLE_TARGETS) for t, a in STYLE_TARGETS.items()]
     return {
+        "version": 2,
         "concepts": concepts,
         "objects": list(OBJECTS),
         "styles": list(STYLES),

@@ -64,8 +64,8 @@ def metrics_note(spec: Mapping[str, Any]) -> str:
     clip = spec.get("clip")
     if not clip:
         return "CLIP metrics off (no CLIP model for this base, or unticked)."
-    return (f"`{FORMULA}`  \nScale {SCORE_SCALE:g} (Hessel et al.'s CLIPScore), captions as in Kumari et al.'s "
-            f"`evaluate.py`; accuracy per cell = share of its seeds where the target beats the anchor. "
+    return (f"`{FORMULA}`  \nScale {SCORE_SCALE:g} (Hessel et al.'s CLIPScore), bare concept strings as in "
+            f"Kumari et al.'s `evaluate.py`; accuracy per cell = share of its seeds where the target beats the anchor. "
             f"CLIP model: `{short(clip, 80)}`.")
 
 

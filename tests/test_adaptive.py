@@ -207,6 +207,6 @@ def test_probes_label_what_the_prompt_names():
     for p in probes:
         words = set(p.prompt.split())
         assert p.relevant == {c for c in ("smiley", "striped", "dotted") if c in words}
-        assert (p.control is not None) == bool(words & {"cross", "heart"})
+        assert (p.control is not None) == bool(words & set(world.control_concepts))
     assert any(p.relevant == frozenset() for p in probes) and any(len(p.relevant) == 2 for p in probes)
     assert isinstance(probes[0], Probe)

@@ -103,10 +103,10 @@ def test_sweep_gives_a_table_per_lambda_a_plot_and_the_csv(research):
     assert all(0.0 <= x <= 1.0 for row in table["data"] for x in row[1:len(table["headers"]) // 2 + 1])
     _image(out["plot"])
     rows = list(csv.DictReader(open(out["csv"])))
-    roles = len({r["concept"] for r in rows})  # smiley, circle, cross, heart, striped
-    assert roles == 5 and len(rows) == 3 * roles and {r["n"] for r in rows} == {"2"}
+    roles = len({r["concept"] for r in rows})  # smiley, circle, cross, heart, star, striped
+    assert roles == 6 and len(rows) == 3 * roles and {r["n"] for r in rows} == {"2"}
     assert seen[0] == "loading the model" and "λ = -1" in seen and seen[-1] == "saving"
-    assert "3 λ × 5 concepts × 2 prompts = 30 images" in out["status"]
+    assert "3 λ × 6 concepts × 2 prompts = 36 images" in out["status"]
 
 
 def test_multi_gives_rows_per_method_and_n_and_both_plots(research):

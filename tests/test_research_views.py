@@ -153,13 +153,13 @@ def test_sweep_command_writes_csv_and_plot(tiny_world, tmp_path, capsys):
                "--n-prompts", "2", "--out", str(out)])
     assert rc == 0
     rows = list(csv.DictReader((out / "sweep.csv").open()))
-    # default controls: the anchor circle, the never-ablated cross/heart and another style
-    assert [r["concept"] for r in rows[:5]] == ["smiley", "circle", "cross", "heart", "striped"]
-    assert [r["role"] for r in rows[:5]] == ["target", "anchor", "control", "control", "control"]
-    assert len(rows) == 15 and {r["lambda"] for r in rows} == {"-1.0", "0.0", "1.0"}
+    # default controls: the anchor circle, the held-out cross/heart/star and another style
+    assert [r["concept"] for r in rows[:6]] == ["smiley", "circle", "cross", "heart", "star", "striped"]
+    assert [r["role"] for r in rows[:6]] == ["target", "anchor", "control", "control", "control", "control"]
+    assert len(rows) == 18 and {r["lambda"] for r in rows} == {"-1.0", "0.0", "1.0"}
     assert all(r["n"] == "2" and 0.0 <= float(r["clip_accuracy"]) <= 1.0 for r in rows)
     assert rows[0]["accuracy_definition"] == "P(score 'smiley' > score 'circle')"
-    assert rows[2]["accuracy_definition"] == "zero-shot top-1 among 10 object labels"
+    assert rows[2]["accuracy_definition"] == "zero-shot top-1 among 11 object labels"
     assert (out / "sweep.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "CLIP accuracy" in printed and "smiley*" in printed
@@ -191,7 +191,7 @@ def test_multi_command_writes_csv_and_plots(tiny_world, tmp_path, capsys):
     assert float(rows[1]["merged_norm"]) == pytest.approx(float(rows[5]["merged_norm"]), rel=1e-5)
     detail = list(csv.DictReader((out / "multi_detail.csv").open()))
     assert {(d["concept"], d["role"]) for d in detail if d["method"] == "linear" and d["n"] == "1"} == {
-        ("smiley", "target"), ("cross", "control"), ("heart", "control")}
+        ("smiley", "target"), ("cross", "control"), ("heart", "control"), ("star", "control")}
     for f in ("multi_control_vs_n.png", "multi_tradeoff.png"):
         assert (out / f).stat().st_size > 10_000, f
     assert "control acc" in capsys.readouterr().out

@@ -200,33 +200,59 @@ def test_assets_load_offline_with_plain_libraries():
     assert meta["concepts"] and all((ASSETS / c["checkpoint"]).is_file() for c in meta["concepts"])
 
 
-def _quick_smiley_metrics(lams: list[float]) -> dict[float, dict[str, float]]:
-    from diffusers import StableDiffusionPipeline
+@pytest.fixture(scope="module")
+def shipped_eval():
+    """The evaluation's machinery on the shipped world, 16 images per measurement (features cached across tests)."""
+    from tad_demo.toyworld.evaluate import Evaluator, Sizes
 
-    from tad_demo import TaskVector
+    return Evaluator(ASSETS, Sizes(per_measure=16))
+
+
+def test_quick_ablation_lowers_the_target_and_a_random_vector_does_not(shipped_eval):
+    """λ = +1 flips most of 16 smileys to the anchor; a random vector with the same per-tensor norms does not."""
     from tad_demo.core.diagnostics import random_like
-    from tad_demo.runtime.metrics import ClipScorer
-    from tad_demo.toyworld.evaluate import QUICK, Evaluator
 
-    pipe = StableDiffusionPipeline.from_pretrained(ASSETS / "base")
-    pipe.set_progress_bar_config(disable=True)
-    ev = Evaluator(pipe, ClipScorer.load(ASSETS / "clip"), QUICK)
-    tv = TaskVector.from_pair(ASSETS / "base", ASSETS / "ablations" / "smiley.safetensors")
-    out = {lam: ev.target_metrics("smiley", [(tv, lam)] if lam else []) for lam in lams}
-    out["random"] = ev.target_metrics("smiley", [(random_like(tv, seed=0), 1.0)])
-    return out
+    ev = shipped_eval
+    base = ev.target("smiley", {})["hit"].mean()
+    ablated = ev.target("smiley", {"smiley": 1.0})["hit"].mean()
+    random = ev.target("smiley", "random", combo=[(random_like(ev.vectors["smiley"], seed=0), 1.0)])["hit"].mean()
+    assert ablated <= base - 0.4  # at least 7 of 16 images flip
+    assert abs(random - base) <= 0.25
 
 
-def test_quick_evaluation_directions():
-    """A few images of the evaluation: ablation (λ=+1) lowers the target's CLIP accuracy, and a random vector
-    with the same per-tensor norms moves it less than the ablation does."""
-    m = _quick_smiley_metrics([0.0, 1.0])
-    assert m[1.0]["accuracy"] < m[0.0]["accuracy"]
-    assert abs(m["random"]["accuracy"] - m[0.0]["accuracy"]) < abs(m[1.0]["accuracy"] - m[0.0]["accuracy"])
+def test_quick_object_and_style_ablate_together(shipped_eval):
+    """τ_smiley + τ_striped applied at once ablates both (fails if the sum is not applied)."""
+    ev = shipped_eval
+    both = {"smiley": 1.0, "striped": 1.0}
+    for name in ("smiley", "striped"):
+        assert ev.target(name, both)["hit"].mean() <= ev.target(name, {})["hit"].mean() - 0.4, name
 
 
-@pytest.mark.xfail(strict=True, reason="measured 2026-11-23: the toy CLIP scores enhanced (λ=−1) smileys 1.24 vs "
-                   "1.38 for the base on 12 images; bar d of the evaluation is not met yet (see MODEL_CARD)")
-def test_quick_enhancement_raises_clip_score():
-    m = _quick_smiley_metrics([0.0, -1.0])
-    assert m[-1.0]["score"] > m[0.0]["score"]
+@pytest.mark.xfail(strict=True, reason="bar 'enhanced (λ=−1) CLIP score above base' is not met by the shipped "
+                   "world yet (see MODEL_CARD): its v2 retraining is under way")
+def test_quick_enhancement_raises_the_clip_score(shipped_eval):
+    """λ = −1 raises the smiley's CLIP score over the same 16 prompts and seeds, by 2 standard errors."""
+    ev = shipped_eval
+    gain = ev.target("smiley", {"smiley": -1.0})["score"] - ev.target("smiley", {})["score"]
+    assert gain.mean() > 2 * gain.std(ddof=1) / len(gain) ** 0.5
+
+
+def test_evaluate_writes_the_model_card_tables_on_a_tiny_world(tmp_path):
+    """``evaluate --quick`` on a tiny random world: every section runs and the card's results block is rewritten
+    (the text around it kept)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from app_world import build_tiny_world
+
+    from tad_demo.toyworld import evaluate
+    from tad_demo.toyworld.model_card import BEGIN, END
+
+    root = build_tiny_world(tmp_path / "world")
+    (root / "MODEL_CARD.md").write_text(f"# card\n\nintro kept\n\n{BEGIN}\nold\n{END}\n\nafter kept\n")
+    evaluate.main(["--assets", str(root), "--quick", "--json", str(tmp_path / "res.json")])
+    card = (root / "MODEL_CARD.md").read_text()
+    assert "intro kept" in card and "after kept" in card and "\nold\n" not in card
+    res = json.loads((tmp_path / "res.json").read_text())
+    assert set(evaluate.SECTIONS) <= set(res)
+    assert "| smiley → circle |" in card and "±" in card

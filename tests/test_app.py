@@ -104,7 +104,7 @@ def test_ui_does_not_import_torch():
 
 def test_valid_request_builds_the_toy_grid(served):
     _, service = served
-    spec, normalized = service.build(GridRequest(object_ablate=0.5, seeds="7, 8"))
+    spec, normalized = service.build(GridRequest(object_lambdas="0.5, 0, -1", seeds="7, 8"))
     assert spec.object.name == "smiley" and spec.style.name == "striped"
     assert spec.object_lambdas == (0.5, 0.0, -1.0) and spec.seeds == [7, 8] and spec.height == 32
     assert normalized["sources"] == ["assets:ablations/smiley.safetensors", "assets:ablations/striped.safetensors"]
@@ -112,8 +112,8 @@ def test_valid_request_builds_the_toy_grid(served):
 
 def test_bad_numbers_are_refused_with_the_field_named(served):
     _, service = served
-    _refused(service, "object ablate λ: 1e+09 is outside", object_ablate=1e9)
-    _refused(service, "λ", style_enhance=float("nan"))
+    _refused(service, "object λ: 1e+09 is outside", object_lambdas=[1e9, 0, -1])
+    _refused(service, "style λ", style_lambdas=[1, 0, float("nan")])
     _refused(service, "steps: 1000000 is outside 1..400", steps=10**6)
     _refused(service, "steps", steps=2.5)
     _refused(service, "height: -64 is not a multiple of 8", height=-64)
@@ -248,12 +248,12 @@ def test_base_change_and_added_models_update_the_choices(served):
 def test_api_grid_returns_grid_metrics_and_recipe(served):
     url, _ = served
     c = _client(url)
-    r = c.predict(object_ablate=0.75, seeds="3", api_name="/grid")
+    r = c.predict(object_lambdas="0.75, 0, -1", seeds="3", api_name="/grid")
     assert len(r) == 12
     grid = Image.open(r[0])
     assert grid.width > 400 and r[1] is None  # only the plain grid
     request = json.loads(grid.text["tad_request"])
-    assert request["object_ablate"] == 0.75
+    assert request["object_lambdas"] == [0.75, 0.0, -1.0]
     assert yaml.safe_load(grid.text["tad_grid"])["object_lambdas"] == [0.75, 0.0, -1.0]
     table = r[5]
     assert len(table["data"]) == 9 and table["headers"][3].startswith("CLIP score")
@@ -267,14 +267,14 @@ def test_api_grid_returns_grid_metrics_and_recipe(served):
 def test_two_concurrent_sessions_get_their_own_results(served):
     url, _ = served
     a, b = _client(url), _client(url)
-    ja = a.submit(object_ablate=0.5, style_enhance=-0.25, seeds="11", api_name="/grid")
-    jb = b.submit(object_ablate=1.5, style_enhance=-2.0, seeds="12", api_name="/grid")
+    ja = a.submit(object_lambdas="0.5, 0, -1", style_lambdas="1, 0, -0.25", seeds="11", api_name="/grid")
+    jb = b.submit(object_lambdas="1.5, 0, -1", style_lambdas="1, 0, -2", seeds="12", api_name="/grid")
     ra, rb = ja.result(timeout=TIMEOUT), jb.result(timeout=TIMEOUT)
     for r, lam, enh, seed in ((ra, 0.5, -0.25, 11), (rb, 1.5, -2.0, 12)):
         recipe = _recipe(r)
         assert recipe["object_lambdas"] == [lam, 0.0, -1.0] and recipe["style_lambdas"] == [1.0, 0.0, enh]
         assert recipe["seeds"] == [seed]
-        assert json.loads(Image.open(r[0]).text["tad_request"])["object_ablate"] == lam
+        assert json.loads(Image.open(r[0]).text["tad_request"])["object_lambdas"][0] == lam
 
 
 def test_bad_inputs_through_the_api_then_it_keeps_serving(served):
@@ -282,7 +282,7 @@ def test_bad_inputs_through_the_api_then_it_keeps_serving(served):
 
     url, _ = served
     c = _client(url)
-    cases = [({"object_ablate": 1e9}, "1000000000"), ({"steps": 10**6}, "steps: 1000000"),
+    cases = [({"object_lambdas": "1e9, 0"}, "1e+09 is outside"), ({"steps": 10**6}, "steps: 1000000"),
              ({"height": -64}, "height: -64"), ({"base": "no-such-model"}, "neither an existing path"),
              ({"object": "x → y @ ../../etc/passwd"}, "path traversal"), ({"object": "nope"}, "unknown concept")]
     for kwargs, match in cases:
@@ -334,7 +334,7 @@ def test_soak_8_sessions_x_5_requests_lose_nothing(served):
     for k in range(5):
         for i, c in enumerate(clients):
             lam = round(0.05 * (1 + i + 8 * k), 2)
-            jobs.append((lam, c.submit(object_ablate=lam, style="", seeds=str(i), clip_metrics=k % 2 == 0,
+            jobs.append((lam, c.submit(object_lambdas=f"{lam}, 0, -1", style="", seeds=str(i), clip_metrics=k % 2 == 0,
                                        api_name="/grid")))
 
     def check(item):
@@ -371,7 +371,7 @@ def test_reproduce_a_recipe_gives_the_same_metrics(served, tmp_path):
 
     url, _ = served
     c = _client(url)
-    first = c.predict(object_ablate=0.6, controls=["none", "canny"], seeds="9", api_name="/grid")
+    first = c.predict(object_lambdas="0.6, 0, -1", controls=["none", "canny"], seeds="9", api_name="/grid")
     assert first[0] and first[1]  # one grid per control
     again = c.predict(recipe=handle_file(first[8]), api_name="/reproduce")  # the zip carries the condition
     assert Path(again[9]).read_text() == Path(first[9]).read_text()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ...grid import GridSpec, run_grid, save
+from ...grid.run import FinishedFn
 from ...runtime.models import Models
 from ..settings import Settings
 from .guard import guard
@@ -83,16 +84,28 @@ class Runs:
 
     # --- running -------------------------------------------------------------------------------------------
     def compute(self, normalized: Mapping[str, Any], spec: GridSpec, *, progress: ProgressFn | None = None,
-                cancel: Callable[[], bool] | None = None, out_dir: Path | None = None) -> Path:
-        """Run the grid and write its folder (grid PNGs with the recipe in a text chunk, cells, CSV, YAML, zip)."""
+                cancel: Callable[[], bool] | None = None, out_dir: Path | None = None,
+                on_cells: FinishedFn | None = None) -> Path:
+        """Run the grid and write its folder (grid PNGs with the recipe in a text chunk, cells, CSV, YAML, zip).
+        A run that fails while writing leaves no folder behind."""
         if progress:
             progress("loading", 0, 1)
         with guard("grid"):
             spec = self.sources.materialize(spec)
-            result = run_grid(spec, models=self.models, progress=progress, cancel=cancel)
+            result = run_grid(spec, models=self.models, progress=progress, cancel=cancel, on_cells=on_cells)
         if progress:
             progress("saving", 0, 1)
         out = out_dir or new_run_dir(self.runs_dir, self.settings)
+        try:
+            with guard("saving the grid"):
+                self._write(out, normalized, result)
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        return out
+
+    @staticmethod
+    def _write(out: Path, normalized: Mapping[str, Any], result: Any) -> None:
         # The grid PNGs carry the run's recipe (tad_grid, written by save) and the request that made it.
         save(result, out, grid_text={"tad_request": json.dumps(normalized, sort_keys=True)})
         (out / "request.json").write_text(json.dumps({"key": request_key(normalized), "request": normalized,
@@ -101,4 +114,3 @@ class Runs:
             for f in sorted(out.rglob("*")):
                 if f.is_file() and f.name != "cells.zip":
                     z.write(f, f.relative_to(out))
-        return out

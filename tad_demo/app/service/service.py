@@ -1,7 +1,7 @@
 """The grid service: widget values → validated GridSpec → grid run → the files the UI and the API return.
 
     service = Service(Settings.from_env())
-    spec, normalized = service.build(GridRequest(object_ablate=0.5, steps=4))  # validation only (cheap)
+    spec, normalized = service.build(GridRequest(object_lambdas="0.5, 0, -1", steps=4))  # validation only (cheap)
     run_dir = service.compute(normalized, spec, progress=print)                # the heavy part → a run folder
     outputs = service.outputs(run_dir)                                          # what the UI/API shows
 
@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ...core.limits import HARD
 from ...core.merge_methods import describe as describe_merge_methods
 from ...grid import GridSpec
 from ...runtime.control import CONTROL_KINDS, RESIZE_MODES
@@ -45,6 +46,7 @@ from .guard import guard
 from .recipes import Recipes
 from .runs import Runs
 from .sources import CHECKPOINT_SUFFIXES, Sources, short
+from .stream import PartialGrid
 
 
 class Service:
@@ -60,10 +62,11 @@ class Service:
         self.choices = Choices(self.catalog, self.world)
         self.sources = Sources(settings)
         self.conditions = Conditions(self.world)
-        self.builder = RequestBuilder(settings, self.choices, self.sources, self.conditions)
+        self.budget = settings.budget(str(self.models.device))
+        self.builder = RequestBuilder(settings, self.choices, self.sources, self.conditions, self.budget)
         self.runs = Runs(settings, self.models, self.sources)
         self.examples = Examples(settings, self.world, self.choices.defaults_for(TOY), self.build)
-        self.recipes = Recipes(settings, self.choices, self.sources)
+        self.recipes = Recipes(settings, self.choices, self.sources, self.budget)
         try:  # Hugging Face ZeroGPU: the heavy call gets a GPU for its duration; elsewhere `spaces` is absent
             import spaces
 
@@ -94,6 +97,7 @@ class Service:
             "limits": {"max_steps": s.max_steps, "max_side": s.max_side, "min_side": s.min_side,
                        "max_seeds": s.max_seeds, "max_images": s.max_images, "max_lambda": s.max_lambda,
                        "max_extra": s.max_extra, "max_guidance": s.max_guidance, "max_scale": s.max_scale,
+                       "max_axis": HARD.axis, "budget": self.budget,
                        "max_upload_mb": s.max_upload_mb},
             "upload_types": [".safetensors"] if s.hosted else list(CHECKPOINT_SUFFIXES),
             "formula": FORMULA, "score_scale": SCORE_SCALE, "concept_page": self.catalog.concept_page,
@@ -106,7 +110,10 @@ class Service:
         return ", ".join(str(random.randrange(0, 2**31)) for _ in range(n))
 
     def status(self) -> str:
-        d = self.models.describe()
+        """One line on what is loaded; never waits for a running grid (page loads call it)."""
+        d = self.models.describe(wait=False)
+        if d is None:
+            return "A grid is running; models are loaded."
         if not d["base"]:
             return "No model loaded yet (the first run loads it)."
         return (f"Loaded: {short(d['base'])} on {d['device']}, {len(d['controlnets'])} ControlNet(s), "
@@ -154,9 +161,16 @@ class Service:
 
     def compute(self, normalized: Mapping[str, Any], spec: GridSpec, *,
                 progress: Callable[[str, int, int], None] | None = None,
-                cancel: Callable[[], bool] | None = None, out_dir: Path | None = None) -> Path:
-        """Run the grid and write its folder (see runs.py)."""
-        return self.runs.compute(normalized, spec, progress=progress, cancel=cancel, out_dir=out_dir)
+                cancel: Callable[[], bool] | None = None, out_dir: Path | None = None,
+                on_cells: Callable[[list], None] | None = None) -> Path:
+        """Run the grid and write its folder (see runs.py); ``on_cells`` gets each call's finished cells."""
+        return self.runs.compute(normalized, spec, progress=progress, cancel=cancel, out_dir=out_dir,
+                                 on_cells=on_cells)
+
+    @staticmethod
+    def partial(spec: GridSpec) -> PartialGrid:
+        """An empty view of a running grid, filled with the cells ``compute`` reports (``on_cells``)."""
+        return PartialGrid(spec)
 
     def outputs(self, run_dir: Path, cached: bool = False) -> dict[str, Any]:
         """What the UI and the API show for a run folder (fresh or cached)."""

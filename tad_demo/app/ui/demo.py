@@ -21,6 +21,7 @@ from typing import Any
 import gradio as gr
 
 from ..request import EXAMPLE_FIELDS, RECIPE_FIELDS, REQUEST_FIELDS
+from .components import Image, Number, Slider
 from .handlers import Handlers
 from .research import create_research
 from .theme import CSS, theme
@@ -142,16 +143,16 @@ def _models(cfg: dict[str, Any], w: dict[str, Any]) -> None:
 
 
 def _coefficients(cfg: dict[str, Any], w: dict[str, Any]) -> None:
-    """λ of ablate (> 0) and enhance (< 0) on each axis."""
+    """The λ values of each axis, as lists: λ > 0 ablates, 0 is the base, λ < 0 enhances."""
     lim = cfg["limits"]
-    lam = lim["max_lambda"]
+    lam, n = lim["max_lambda"], lim["max_axis"]
+    info = (f"1–{n} values, comma-separated, each within ±{lam:g} — λ>0 ablates, 0 is the base, λ<0 enhances "
+            f"(grid ≤ {lim['max_images']} images)")
     with gr.Accordion("Coefficients λ", open=True):
-        with gr.Row():
-            w["object_ablate"] = gr.Slider(0, lam, value=1.0, step=0.05, label="Object: ablate λ")
-            w["object_enhance"] = gr.Slider(-lam, 0, value=-1.0, step=0.05, label="Object: enhance λ")
-        with gr.Row():
-            w["style_ablate"] = gr.Slider(0, lam, value=1.0, step=0.05, label="Style: ablate λ")
-            w["style_enhance"] = gr.Slider(-lam, 0, value=-1.0, step=0.05, label="Style: enhance λ")
+        w["object_lambdas"] = gr.Textbox("1, 0, -1", label="Object λ (rows, top to bottom)", info=info,
+                                         elem_id="object-lambdas")
+        w["style_lambdas"] = gr.Textbox("1, 0, -1", label="Style λ (columns, left to right)", info=info,
+                                        elem_id="style-lambdas")
 
 
 def _sampling(cfg: dict[str, Any], w: dict[str, Any]) -> None:
@@ -165,11 +166,11 @@ def _sampling(cfg: dict[str, Any], w: dict[str, Any]) -> None:
             w["seeds"] = gr.Textbox("42", label=f"Seeds (1–{lim['max_seeds']}, comma-separated)", scale=3)
             w["randomize"] = gr.Button("Random", scale=1, min_width=90)
         with gr.Row():
-            w["steps"] = gr.Number(d["steps"], label=f"Steps (1–{lim['max_steps']})", precision=0)
-            w["guidance"] = gr.Number(d["guidance"], label=f"Guidance (0–{lim['max_guidance']:g})", step=0.5)
+            w["steps"] = Number(d["steps"], label=f"Steps (1–{lim['max_steps']})", precision=0)
+            w["guidance"] = Number(d["guidance"], label=f"Guidance (0–{lim['max_guidance']:g})", step=0.5)
         with gr.Row():
-            w["height"] = gr.Number(d["height"], label="Height (px, ×8)", precision=0, step=8)
-            w["width"] = gr.Number(d["width"], label="Width (px, ×8)", precision=0, step=8)
+            w["height"] = Number(d["height"], label="Height (px, ×8)", precision=0, step=8)
+            w["width"] = Number(d["width"], label="Width (px, ×8)", precision=0, step=8)
         w["clip_metrics"] = gr.Checkbox(True, label="CLIP score / accuracy per cell")
 
 
@@ -184,13 +185,13 @@ def _control(cfg: dict[str, Any], w: dict[str, Any]) -> None:
         w["condition_source"] = gr.Radio(cfg["condition_sources"], value="example", label="Condition from")
         w["example"] = gr.Dropdown(cfg["examples"], value=d["object"] if d["object"] in cfg["examples"] else
                                    (cfg["examples"][0] if cfg["examples"] else None), label="Toy-world example scene")
-        w["condition_image"] = gr.Image(type="filepath", label="Photo (annotator) or ready condition map",
+        w["condition_image"] = Image(type="filepath", label="Photo (annotator) or ready condition map",
                                         sources=["upload", "clipboard"], visible=False, height=260)
         w["sketch"] = gr.Sketchpad(type="pil", label="Sketch (becomes a white-on-black scribble)", visible=False,
                                    canvas_size=(512, 512), height=340,
                                    brush=gr.Brush(colors=["#000000"], default_size=10, color_mode="fixed"))
         with gr.Row():
-            w["conditioning_scale"] = gr.Slider(0, lim["max_scale"], value=1.0, step=0.05,
+            w["conditioning_scale"] = Slider(0, lim["max_scale"], value=1.0, step=0.05,
                                                 label="Conditioning scale")
             w["resize_mode"] = gr.Radio(cfg["resize_modes"], value="resize", label="Resize mode",
                                         info="resize: stretch · crop: fill and cut · pad: fit, black bars")
@@ -212,7 +213,8 @@ def _multi_concept(cfg: dict[str, Any], w: dict[str, Any]) -> None:
             with gr.Row(visible=i <= lim["max_extra"]):
                 w[f"extra{i}"] = gr.Dropdown(cfg["extra_choices"], value="", label=f"Extra concept {i}",
                                              allow_custom_value=True, scale=3)
-                w[f"extra{i}_lambda"] = gr.Slider(-lam, lam, value=1.0, step=0.05, label="λ", scale=2)
+                # a number box, not a slider: a slider in the browser would silently clamp λ = 99 to the maximum
+                w[f"extra{i}_lambda"] = Number(1.0, step=0.05, label=f"λ (within ±{lam:g})", scale=2)
         methods = cfg["merge_methods"]
         w["merge_method"] = gr.Dropdown([(m["name"], m["name"]) for m in methods], value="linear",
                                         label="Merge method (how the vectors of a cell combine)")

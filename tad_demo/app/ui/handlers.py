@@ -4,6 +4,7 @@ into ``gr.Error``."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import uuid
 from typing import Any
@@ -17,6 +18,9 @@ from .edge import shown
 # these (`shown_controls` goes to a gr.State, not to the API's visible outputs).
 AFTER_GRIDS = ("gallery", "table", "metrics_note", "dl_grid", "dl_zip", "dl_csv", "dl_recipe", "status",
                "shown_controls")
+
+
+HEARTBEAT_S = 1.0  # at most this long without a yield while a grid runs (Gradio checks for gone clients per yield)
 
 
 def session_of(request: gr.Request | None) -> str:
@@ -53,31 +57,72 @@ class Handlers:
         self.outputs: tuple[str, ...] = (*(f"grid_{k}" for k in self.kinds), *AFTER_GRIDS)
 
     # --- the heavy events (queued, concurrency_id="gpu") --------------------------------------------------
-    def grid(self, request: gr.Request = None, progress=gr.Progress(), **values: Any) -> tuple:  # noqa: B008
+    # Both are async generators: cells appear as they finish, and when Gradio stops the event (Job.cancel, the
+    # Cancel button's `cancels`, a client that went away) the generator is cancelled or closed, which sets the
+    # run's cancel flag: the worker stops within one denoising step and restores the weights.
+    async def grid(self, request: gr.Request = None, progress=gr.Progress(), **values: Any):  # noqa: B008
         """Run a concept grid. Parameters left at None take the base model's defaults (world.json/catalog)."""
         with shown("grid"):
             spec, normalized = self.s.build(GridRequest.of(values))
-            run_dir = self._compute(normalized, spec, request, progress)
-            self.s.remember_example(normalized, run_dir)
-            return self._pack(self.s.outputs(run_dir))
+            async for out in self._stream(normalized, spec, request, progress, remember=True):
+                yield out
 
     grid.__signature__ = _grid_signature()  # type: ignore[attr-defined]
 
-    def reproduce(self, recipe: str | None, request: gr.Request = None, progress=gr.Progress()) -> tuple:  # noqa: B008
+    async def reproduce(self, recipe: str | None, request: gr.Request = None, progress=gr.Progress()):  # noqa: B008
         """Run an uploaded recipe.yaml (or a run's cells.zip, which carries its condition images)."""
         with shown("reproduce"):
             if not recipe:
                 raise gr.Error("upload the recipe.yaml or cells.zip of a run first", title="Cannot run this")
             spec, normalized = self.s.recipe_spec(recipe)
-            return self._pack(self.s.outputs(self._compute(normalized, spec, request, progress)))
+            async for out in self._stream(normalized, spec, request, progress):
+                yield out
 
-    def _compute(self, normalized, spec, request, progress):
+    async def _stream(self, normalized, spec, request, progress, remember: bool = False):
+        """Run the grid in a worker thread; yield the finished cells as they come, then the full outputs."""
         session = session_of(request)
         flag = self.s.begin(session)
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Queue = asyncio.Queue()
+        view = self.s.partial(spec)
+
+        def on_cells(cells: list) -> None:  # worker thread → event loop
+            loop.call_soon_threadsafe(finished.put_nowait, cells)
+
+        # to_thread copies the context: gr.Progress keeps working from the worker
+        work = asyncio.ensure_future(asyncio.to_thread(
+            self.s.compute, normalized, spec, progress=progress_reporter(progress), cancel=flag.is_set,
+            on_cells=on_cells))
         try:
-            return self.s.compute(normalized, spec, progress=progress_reporter(progress), cancel=flag.is_set)
+            while not work.done() or not finished.empty():
+                getter = asyncio.ensure_future(finished.get())
+                done, _ = await asyncio.wait({getter, work}, timeout=HEARTBEAT_S,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    view.add(getter.result())
+                    while not finished.empty():
+                        view.add(finished.get_nowait())
+                    yield self._partial(view)
+                else:
+                    getter.cancel()
+                    if not done:  # nothing new: a heartbeat lets Gradio notice a client that went away
+                        yield tuple(gr.skip() for _ in self.outputs)
+            run_dir = work.result()  # the service's errors (cancelled, refused, failed) are raised here
         finally:
+            if not work.done():  # the event was cancelled or closed: stop the worker within one step
+                flag.set()
             self.s.end(session, flag)
+        if remember:
+            self.s.remember_example(normalized, run_dir)
+        yield self._pack(self.s.outputs(run_dir))
+
+    def _partial(self, view: Any) -> tuple:
+        """The outputs while a grid runs: the finished cells in place, the gallery, a status line."""
+        mosaics = view.mosaics()
+        skip = gr.skip()
+        grids = tuple(mosaics.get(k, skip) for k in self.kinds)
+        after = {"gallery": view.gallery(), "status": view.status()}
+        return (*grids, *(after.get(name, skip) for name in AFTER_GRIDS))
 
     def _pack(self, out: dict[str, Any]) -> tuple:
         files = out["files"]

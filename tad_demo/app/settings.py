@@ -29,6 +29,7 @@ default, its variable, and the range the variable is clamped to (never above the
 | ``TAD_MAX_UPLOAD_MB`` | 2048 | largest upload (a full SD checkpoint is ~4 GB in fp32, 2 GB in fp16) |
 | ``TAD_WORK_DIR`` | ``$TMPDIR/tad_app`` | run folders and the lazily cached examples |
 | ``TAD_DEVICE`` | auto | ``cpu``/``cuda``/``cuda:1`` |
+| ``TAD_WARM_START`` | ``1`` | load and trace the default base in the background at launch (``0``: on the first grid) |
 | ``TAD_TORCH_THREADS`` | 0 | torch CPU threads while generating (0: torch's default, one per core) |
 """
 
@@ -124,6 +125,7 @@ class Settings:
     work_dir: Path = Path(tempfile.gettempdir()) / "tad_app"
     device: str | None = None
     threads: int = 0
+    warm_start: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -156,6 +158,7 @@ class Settings:
             work_dir=Path(env.get("TAD_WORK_DIR") or Path(tempfile.gettempdir()) / "tad_app").expanduser(),
             device=device,
             threads=_int(env, "TAD_TORCH_THREADS", 0, 0, os.cpu_count() or 1),
+            warm_start=env.get("TAD_WARM_START", "1").strip().lower() not in ("0", "false", "no", "off"),
         )
 
     def budget(self, device: str) -> int:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import threading
 import time
 import uuid
 import zipfile
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from ..settings import Settings
 from .guard import guard
 from .sources import Sources
 
+log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, int, int], None]
 
 
@@ -59,6 +62,8 @@ class Runs:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+        self.warm = threading.Event()  # set once the warm start has loaded and traced the default grid's models
+        self.warm.set()                # (nothing to wait for until warm_up starts)
 
     # --- cancel flags --------------------------------------------------------------------------------------
     def begin(self, session: str) -> threading.Event:
@@ -82,6 +87,22 @@ class Runs:
         ev.set()
         return True
 
+    # --- warm start ----------------------------------------------------------------------------------------
+    def warm_up(self, spec: GridSpec) -> None:
+        """Load and trace what ``spec`` needs (base, ControlNets, CLIP, vectors) by running it at one denoising
+        step, without writing anything; a grid clicked meanwhile waits for the model lock. Never raises (a failed
+        warm start only means the first grid loads the models itself)."""
+        self.warm.clear()
+        t0 = time.perf_counter()
+        try:
+            with guard("warm start"):
+                run_grid(replace(spec, steps=1), models=self.models, hashes=False)
+            log.info("warm start: models loaded and traced in %.1f s", time.perf_counter() - t0)
+        except Exception as e:  # noqa: BLE001 - the app serves without a warm start
+            log.warning("warm start failed (the first grid will load the models): %s", e)
+        finally:
+            self.warm.set()
+
     # --- running -------------------------------------------------------------------------------------------
     def compute(self, normalized: Mapping[str, Any], spec: GridSpec, *, progress: ProgressFn | None = None,
                 cancel: Callable[[], bool] | None = None, out_dir: Path | None = None,
@@ -89,7 +110,8 @@ class Runs:
         """Run the grid and write its folder (grid PNGs with the recipe in a text chunk, cells, CSV, YAML, zip).
         A run that fails while writing leaves no folder behind."""
         if progress:
-            progress("loading", 0, 1)
+            progress("loading" if self.warm.is_set() else "waiting for the warm start (loading and tracing the "
+                     "model)", 0, 1)
         with guard("grid"):
             spec = self.sources.materialize(spec)
             result = run_grid(spec, models=self.models, progress=progress, cancel=cancel, on_cells=on_cells)

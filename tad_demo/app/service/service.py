@@ -21,6 +21,7 @@ turns them into ``gr.Error``. The parts, one job each:
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from collections.abc import Callable, Mapping
@@ -34,7 +35,7 @@ from ...runtime.control import CONTROL_KINDS, RESIZE_MODES
 from ...runtime.metrics import FORMULA, SCORE_SCALE
 from ...runtime.models import Models
 from ..catalog import BaseEntry, Catalog, app_world
-from ..errors import UserError
+from ..errors import ServiceError, UserError
 from ..request import TOY, GridRequest
 from ..settings import Settings
 from . import outputs as run_outputs
@@ -47,6 +48,8 @@ from .recipes import Recipes
 from .runs import Runs
 from .sources import CHECKPOINT_SUFFIXES, Sources, short
 from .stream import PartialGrid
+
+log = logging.getLogger(__name__)
 
 
 class Service:
@@ -109,8 +112,24 @@ class Service:
         n = max(1, len([x for x in str(current or "").replace(";", ",").split(",") if x.strip()]))
         return ", ".join(str(random.randrange(0, 2**31)) for _ in range(n))
 
+    def start_warm_up(self) -> threading.Thread | None:
+        """Load and trace the default grid's models in the background (the app's default base: the toy world, else
+        the catalog's first model), so the first grid runs as fast as the next ones; a grid clicked meanwhile
+        waits. None when the default grid cannot be built here (e.g. its checkpoints are not on this machine)."""
+        try:
+            spec, _ = self.build(GridRequest(base=self.choices.default_base()))
+        except ServiceError as e:
+            log.warning("no warm start: %s", e)
+            return None
+        self.runs.warm.clear()
+        t = threading.Thread(target=self.runs.warm_up, args=(spec,), name="tad-warm-start", daemon=True)
+        t.start()
+        return t
+
     def status(self) -> str:
         """One line on what is loaded; never waits for a running grid (page loads call it)."""
+        if not self.runs.warm.is_set():
+            return "Warming up: loading and tracing the model in the background (a grid clicked now waits for it)."
         d = self.models.describe(wait=False)
         if d is None:
             return "A grid is running; models are loaded."

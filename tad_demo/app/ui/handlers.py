@@ -5,6 +5,7 @@ into ``gr.Error``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import uuid
 from typing import Any
@@ -64,8 +65,9 @@ class Handlers:
         """Run a concept grid. Parameters left at None take the base model's defaults (world.json/catalog)."""
         with shown("grid"):
             spec, normalized = self.s.build(GridRequest.of(values))
-            async for out in self._stream(normalized, spec, request, progress, remember=True):
-                yield out
+            async with contextlib.aclosing(self._stream(normalized, spec, request, progress, remember=True)) as run:
+                async for out in run:
+                    yield out
 
     grid.__signature__ = _grid_signature()  # type: ignore[attr-defined]
 
@@ -75,8 +77,9 @@ class Handlers:
             if not recipe:
                 raise gr.Error("upload the recipe.yaml or cells.zip of a run first", title="Cannot run this")
             spec, normalized = self.s.recipe_spec(recipe)
-            async for out in self._stream(normalized, spec, request, progress):
-                yield out
+            async with contextlib.aclosing(self._stream(normalized, spec, request, progress)) as run:
+                async for out in run:
+                    yield out
 
     async def _stream(self, normalized, spec, request, progress, remember: bool = False):
         """Run the grid in a worker thread; yield the finished cells as they come, then the full outputs."""

@@ -250,7 +250,7 @@ def test_api_grid_returns_grid_metrics_and_recipe(served):
     url, _ = served
     c = _client(url)
     r = c.predict(object_lambdas="0.75, 0, -1", seeds="3", api_name="/grid")
-    assert len(r) == 12
+    assert len(r) == 13 and Path(r[12]).name == "handout.html"
     grid = Image.open(r[0])
     assert grid.width > 400 and r[1] is None  # only the plain grid
     request = json.loads(grid.text["tad_request"])
@@ -514,8 +514,10 @@ def test_bad_values_get_one_line_naming_the_field(served, tmp_path):
     evil.write_bytes(pickle.dumps({"state_dict": {"x": print}}))  # a global: refused by weights_only
     text = tmp_path / "not_an_image.png"
     text.write_text("hello")
-    cases = [({"steps": "abc"}, "steps: 'abc'"), ({"steps": float("nan")}, "steps: nan"),
-             ({"height": float("inf")}, "height: inf"), ({"object_lambdas": "1, abc"}, "object λ: 'abc'"),
+    for kwargs, match in (({"steps": float("nan")}, "steps: nan"), ({"height": float("inf")}, "height: inf")):
+        msg = _raw_grid_error(url, c, **kwargs)  # NaN/∞ as raw JSON: gradio_client cannot even send them
+        assert match in msg and "\n" not in msg, msg
+    cases = [({"steps": "abc"}, "steps: 'abc'"), ({"object_lambdas": "1, abc"}, "object λ: 'abc'"),
              ({"object_lambdas": "99"}, "object λ: 99 is outside [-3, 3]"),
              ({"guidance": 31}, "guidance: 31 is outside"), ({"conditioning_scale": 9}, "conditioning scale: 9"),
              ({"extra1": "smiley", "extra1_lambda": "x"}, "extra concept 1 λ: 'x'"),
@@ -530,6 +532,20 @@ def test_bad_values_get_one_line_naming_the_field(served, tmp_path):
         assert match in msg and "\n" not in msg.strip(), (kwargs, msg)
         assert "weights_only" not in msg and str(service.settings.work_dir) not in msg, msg
     assert _recipe(c.predict(seeds="4", style="", api_name="/grid"))["seeds"] == [4]  # still serving
+
+
+def _raw_grid_error(url: str, client, **kwargs) -> str:
+    """The error message of a /grid call sent as raw JSON (NaN and Infinity allowed), via the `call` routes."""
+    import httpx
+
+    params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/grid"]["parameters"]
+    data = [kwargs.get(p["parameter_name"], p.get("parameter_default")) for p in params]
+    body = json.dumps({"data": data}, allow_nan=True)
+    base = url.rstrip("/") + "/gradio_api/call/grid"
+    event = httpx.post(base, content=body, headers={"Content-Type": "application/json"}, timeout=60).json()
+    text = httpx.get(f"{base}/{event['event_id']}", timeout=TIMEOUT).text
+    assert "event: error" in text, text[:500]
+    return text.split("event: error", 1)[1].split("data:", 1)[1].strip().splitlines()[0]
 
 
 def test_axes_take_lists_of_lambda_within_the_image_cap(served):
@@ -644,3 +660,75 @@ def test_page_load_status_never_waits_for_the_model_lock(served):
     finally:
         release.set()
         t.join()
+
+
+def _run(service: Service, **fields) -> Path:
+    spec, normalized = service.build(GridRequest(**fields))
+    return service.compute(normalized, spec)
+
+
+def test_history_compare_and_load_back(served):
+    import gradio as gr
+
+    from tad_demo.app.request import EXAMPLE_FIELDS
+    from tad_demo.app.ui.handlers import Handlers
+
+    _, service = served
+    h = Handlers(service)
+    a = _run(service, style="", seeds="5, 6", object_lambdas="1, 0, -1")
+    b = _run(service, style="", seeds="6, 7", object_lambdas="1, 0.5, 0", merge_method="ties")
+    hist, gallery, run_a, run_b = h.remember_run([], a.name)
+    hist, gallery, run_a, run_b = h.remember_run(hist, b.name)
+    hist2 = h.remember_run(hist, "default")[0]  # an example's folder is not a run of this session
+    assert hist == hist2 == [a.name, b.name] and len(gallery) == 2 and "ties" in gallery[0][1]
+    assert (run_a["value"], run_b["value"]) == (a.name, b.name)
+    img_a, img_b, table, note = h.compare(a.name, b.name)
+    assert Path(img_a).parent == a and Path(img_b).parent == b
+    assert "seeds both runs used (6)" in note and "2 in one run only" in note
+    # λ = 1 and 0 are in both runs: 2 cells matched; the deltas are B − A of the per-cell means at seed 6
+    assert [row[1] for row in table["data"]] == ["+1", "0"]
+    import csv
+
+    def score(run, lam):
+        with open(run / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        return next(float(r["clip_score_object"]) for r in rows
+                    if r["seed"] == "6" and float(r["object_lambda"]) == lam)
+
+    assert table["data"][0][3] == f"{score(b, 1.0) - score(a, 1.0):+.3f}"
+    with pytest.raises(gr.Error, match="not a run of this app"):
+        h.compare("../../etc", b.name)
+    loaded = h.load_run(b.name)
+    values = dict(zip(EXAMPLE_FIELDS, loaded))
+    assert values["object_lambdas"] == "1, 0.5, 0" and values["seeds"] == "6, 7" and values["merge_method"] == "ties"
+    assert values["style"] == ""
+    # the handout: one self-contained printable page with the grid, the metrics table, the formula and the recipe
+    page = (b / "handout.html").read_text()
+    assert "data:image/png;base64," in page and "CLIP score" in page and "tad_grid: 1" in page
+    assert "λ &gt; 0 ablates" in page and "@media print" in page
+
+
+def test_share_link_reproduces_the_grid_s_request(served):
+    import json as _json
+    from urllib.parse import parse_qsl
+
+    from tad_demo.app.request import EXAMPLE_FIELDS
+    from tad_demo.app.ui.handlers import Handlers
+
+    _, service = served
+    h = Handlers(service)
+    run = _run(service, style="", seeds="8", object_lambdas="1.5, 0, -0.5", steps=3)
+    link = h.share_link(run.name, SimpleNamespace(headers={"referer": "http://example.org/app/?old=1"}))
+    assert link.startswith("http://example.org/app/?") and "old=1" not in link
+    params = dict(parse_qsl(link.split("?", 1)[1], keep_blank_values=True))  # as URLSearchParams does
+    out = h.from_query(params)
+    values = {k: v for k, v in zip(EXAMPLE_FIELDS, out) if not (isinstance(v, dict) and v.get("__type__"))}
+    assert out[-1] and values["steps"] == 3 and values["object_lambdas"] == "1.5, 0, -0.5"
+    # the other person's page builds exactly the request of the shared run (same key: same seeds, same images)
+    _, normalized = service.build(GridRequest(**values))
+    assert normalized == _json.loads((run / "request.json").read_text())["request"]
+    # no query: the page stays as it is; junk in a query reaches the validation, which names the field
+    assert all(isinstance(v, dict) for v in h.from_query({}))
+    junk = dict(zip(EXAMPLE_FIELDS, h.from_query({"steps": "many", "nope": "1"})))
+    assert junk["steps"] == "many" and "nope" not in junk
+    _refused(service, "steps: 'many'", steps="many")

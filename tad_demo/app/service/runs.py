@@ -28,6 +28,7 @@ from ...grid.run import FinishedFn
 from ...runtime.models import Models
 from ..settings import Settings
 from .guard import guard
+from .handout import write_handout
 from .sources import Sources
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,8 @@ class Runs:
         save(result, out, grid_text={"tad_request": json.dumps(normalized, sort_keys=True)})
         (out / "request.json").write_text(json.dumps({"key": request_key(normalized), "request": normalized,
                                                       "timings": result.timings}, indent=1, default=str))
+        write_handout(out)
         with zipfile.ZipFile(out / "cells.zip", "w", zipfile.ZIP_DEFLATED) as z:
             for f in sorted(out.rglob("*")):
-                if f.is_file() and f.name != "cells.zip":
+                if f.is_file() and f.name not in ("cells.zip", "handout.html"):
                     z.write(f, f.relative_to(out))

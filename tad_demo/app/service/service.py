@@ -17,6 +17,11 @@ turns them into ``gr.Error``. The parts, one job each:
     examples.py    the precomputed / lazily cached examples
     outputs.py     a run folder → grids, gallery, metrics table, downloads, status
     recipes.py     reproducing an uploaded recipe
+    caps.py        the app's caps on a grid (the one check of the form, the API and recipes)
+    stream.py      a running grid's finished cells, for the UI to show as they come
+    history.py     a session's runs: history entries, compare, back into the inputs
+    handout.py     the printable one-page HTML of a run
+    share.py       share links: a run's values as a query string, and back
 """
 
 from __future__ import annotations
@@ -39,11 +44,13 @@ from ..errors import ServiceError, UserError
 from ..request import TOY, GridRequest
 from ..settings import Settings
 from . import outputs as run_outputs
+from . import share
 from .build import RequestBuilder
 from .choices import Choices
 from .conditions import CONDITION_SOURCES, Conditions
 from .examples import Examples
 from .guard import guard
+from .history import History
 from .recipes import Recipes
 from .runs import Runs
 from .sources import CHECKPOINT_SUFFIXES, Sources, short
@@ -70,6 +77,7 @@ class Service:
         self.runs = Runs(settings, self.models, self.sources)
         self.examples = Examples(settings, self.world, self.choices.defaults_for(TOY), self.build)
         self.recipes = Recipes(settings, self.choices, self.sources, self.budget)
+        self.history = History(self.runs.runs_dir, settings.max_runs)
         try:  # Hugging Face ZeroGPU: the heavy call gets a GPU for its duration; elsewhere `spaces` is absent
             import spaces
 
@@ -195,6 +203,31 @@ class Service:
         """What the UI and the API show for a run folder (fresh or cached)."""
         with guard("showing the result"):
             return run_outputs.outputs(run_dir, cached)
+
+    # --- history and compare -------------------------------------------------------------------------------
+    def history_entry(self, run_id: str) -> dict[str, str]:
+        """Thumbnail and summary of one of this app's runs (for a session's history gallery)."""
+        with guard("history"):
+            return self.history.entry(self.history.find(run_id))
+
+    def compare_runs(self, a: str, b: str) -> dict[str, Any]:
+        """Two runs side by side with per-cell metric deltas (B − A, same seeds)."""
+        with guard("comparing runs"):
+            return self.history.compare(a, b)
+
+    def run_fields(self, run_id: str) -> dict[str, Any]:
+        """Request field values that show a run in the inputs."""
+        with guard("loading the run"):
+            return self.history.fields(run_id)
+
+    def share_query(self, run_id: str) -> str:
+        """The query string of a share link that reproduces a run's grid."""
+        return share.share_query(self.run_fields(run_id))
+
+    @staticmethod
+    def fields_from_query(params: Mapping[str, str]) -> dict[str, Any]:
+        """Request field values from a share link's query parameters (checked when the grid runs)."""
+        return share.fields_from_query(params)
 
     # --- examples and recipes ------------------------------------------------------------------------------
     @property

@@ -22,7 +22,7 @@ import gradio as gr
 
 from ..request import EXAMPLE_FIELDS, RECIPE_FIELDS, REQUEST_FIELDS
 from .components import Image, Number, Slider
-from .handlers import Handlers
+from .handlers import QUERY_JS, STATES, Handlers
 from .research import create_research
 from .theme import CSS, theme
 
@@ -47,6 +47,9 @@ def create_demo(service: Any, research: Any = None) -> gr.Blocks:
     with gr.Blocks(title="TAD Concept Grid", delete_cache=(ttl, ttl)) as demo:
         custom = gr.State({"bases": [], "concepts": []})   # this browser session's added models
         shown = gr.State(["none"])                         # controls of the result on screen (tabs)
+        last_run = gr.State(None)                          # id of the run on screen
+        history = gr.State([])                             # this session's run ids, oldest first
+        shared = gr.State(None)                            # a new value when a share link's grid should run
         gr.Markdown("# TAD Concept Grid\nTask arithmetic on diffusion models: rows edit the **object**, columns the "
                     "**style** — λ>0 ablates, 0 is the base model, λ<0 enhances. Same seed in every cell.",
                     elem_classes="tad-title")
@@ -61,7 +64,8 @@ def create_demo(service: Any, research: Any = None) -> gr.Blocks:
                 with gr.Tab("Research", id="research"):
                     create_research(research, GPU, CHEAP)
 
-        grid_outputs = [o[name] for name in h.outputs[:-1]] + [shown]
+        states = {"shown_controls": shown, "last_run": last_run}
+        grid_outputs = [states[name] if name in STATES else o[name] for name in h.outputs]
         tabs_out = [o[f"tab_{k}"] for k in h.kinds] + [o["tabs"]]
         # 1. the heavy events: one queue, one at a time
         progress_on = [o[f"grid_{k}"] for k in h.kinds]  # the progress bar sits on the grid, not everywhere
@@ -69,11 +73,28 @@ def create_demo(service: Any, research: Any = None) -> gr.Blocks:
                              api_name="grid", show_progress_on=progress_on, **GPU)
         rep = w["reproduce"].click(h.reproduce, inputs=[w["recipe"]], outputs=grid_outputs, api_name="reproduce",
                                    show_progress_on=progress_on, **GPU)
+        history_out = [history, o["history"], o["run_a"], o["run_b"]]
         for event in (run, rep):
             event.then(h.show_tabs, inputs=shown, outputs=tabs_out, **CHEAP).then(h.status, outputs=w["loaded"],
                                                                                    **CHEAP)
+            event.then(h.remember_run, inputs=[history, last_run], outputs=history_out, **CHEAP)
+            event.then(h.share_link, inputs=last_run, outputs=o["share"], **CHEAP)
+        # a share link (?object_lambdas=…&seeds=…): its values fill the inputs, then its grid runs
+        query = gr.JSON({}, visible=False)
+        demo.load(h.from_query, inputs=query, outputs=[w[f] for f in EXAMPLE_FIELDS] + [shared], js=QUERY_JS,
+                  **CHEAP)
+        from_link = shared.change(h.grid, inputs_kwargs={k: w[k] for k in REQUEST_FIELDS}, outputs=grid_outputs,
+                                  show_progress_on=progress_on, api_visibility="private", **GPU)
+        from_link.then(h.show_tabs, inputs=shown, outputs=tabs_out, **CHEAP)
+        from_link.then(h.remember_run, inputs=[history, last_run], outputs=history_out, **CHEAP)
+        from_link.then(h.share_link, inputs=last_run, outputs=o["share"], **CHEAP)
+        o["compare"].click(h.compare, inputs=[o["run_a"], o["run_b"]],
+                           outputs=[o["cmp_a"], o["cmp_b"], o["cmp_table"], o["cmp_note"]], **CHEAP)
+        o["load_a"].click(h.load_run, inputs=o["run_a"], outputs=[w[f] for f in EXAMPLE_FIELDS] + [o["status"]],
+                          **CHEAP)
         # 2. cancel: our flag stops the worker within a step; `cancels` drops queued/streaming work client-side
-        w["cancel"].click(h.cancel, outputs=o["status"], cancels=[run, rep], queue=False, api_name="cancel")
+        w["cancel"].click(h.cancel, outputs=o["status"], cancels=[run, rep, from_link], queue=False,
+                          api_name="cancel")
         # 3. examples: precomputed outputs load instantly, without the model
         w["examples"].load_input_event.then(h.example, inputs=[w["examples"].dataset], outputs=grid_outputs,
                                             **CHEAP).then(h.show_tabs, inputs=shown, outputs=tabs_out, **CHEAP)
@@ -309,10 +330,33 @@ def _outputs(cfg: dict[str, Any], w: dict[str, Any], kinds: tuple[str, ...]) -> 
         o["dl_zip"] = gr.DownloadButton("All images (zip)", value=None)
         o["dl_csv"] = gr.DownloadButton("Metrics CSV", value=None)
         o["dl_recipe"] = gr.DownloadButton("Recipe YAML", value=None)
+        o["dl_handout"] = gr.DownloadButton("Handout (HTML, printable)", value=None)
+    o["share"] = gr.Textbox(label="Share link: opens this page with these inputs and runs the same grid",
+                            interactive=False, buttons=["copy"], elem_id="share-link")
     with gr.Accordion("Cells", open=False):
         o["gallery"] = gr.Gallery(label="Every image (recipe in its PNG text chunks)", columns=6, height=420,
                                   object_fit="contain")
+    _history(o)
     return o
+
+
+def _history(o: dict[str, Any]) -> None:
+    """This session's runs, and two of them side by side with the per-cell metric deltas."""
+    with gr.Accordion("History and compare (this session's runs)", open=False, elem_id="history"):
+        o["history"] = gr.Gallery(label="Runs of this session, newest first", columns=5, height=240,
+                                  object_fit="contain", allow_preview=False, elem_id="history-gallery")
+        with gr.Row():
+            o["run_a"] = gr.Dropdown([], label="Run A", scale=3)
+            o["run_b"] = gr.Dropdown([], label="Run B", scale=3)
+        with gr.Row():
+            o["compare"] = gr.Button("Compare A and B", variant="secondary")
+            o["load_a"] = gr.Button("Load run A into the inputs")
+        with gr.Row():
+            o["cmp_a"] = gr.Image(label="A", type="filepath", interactive=False, height=360, elem_id="compare-a")
+            o["cmp_b"] = gr.Image(label="B", type="filepath", interactive=False, height=360, elem_id="compare-b")
+        o["cmp_note"] = gr.Markdown()
+        o["cmp_table"] = gr.Dataframe(label="Per cell: Δ = B − A (same seeds)", interactive=False, wrap=True,
+                                      elem_id="compare-table")
 
 
 def _examples(cfg: dict[str, Any], w: dict[str, Any]) -> gr.Examples:

@@ -12,21 +12,34 @@ from typing import Any
 
 import gradio as gr
 
-from ..request import RECIPE_FIELDS, REQUEST_FIELDS, GridRequest, request_defaults
+from ..request import EXAMPLE_FIELDS, RECIPE_FIELDS, REQUEST_FIELDS, GridRequest, request_defaults
 from .edge import shown
 
 # What a grid run returns (and the `grid` / `reproduce` API, in this order): one grid image per control kind, then
 # these (`shown_controls` goes to a gr.State, not to the API's visible outputs).
 AFTER_GRIDS = ("gallery", "table", "metrics_note", "dl_grid", "dl_zip", "dl_csv", "dl_recipe", "status",
-               "shown_controls")
+               "dl_handout", "shown_controls", "last_run")
+STATES = ("shown_controls", "last_run")  # gr.State outputs: not among the API's visible outputs
 
 
+# The page's query parameters, read in the browser (the load event's own request is not the page's URL).
+QUERY_JS = "() => [Object.fromEntries(new URLSearchParams(window.location.search))]"
 HEARTBEAT_S = 1.0  # at most this long without a yield while a grid runs (Gradio checks for gone clients per yield)
 
 
 def session_of(request: gr.Request | None) -> str:
     # gradio_client and browser tabs each get their own session hash; a request without one gets a fresh id.
     return getattr(request, "session_hash", None) or uuid.uuid4().hex
+
+
+def page_url(request: gr.Request | None) -> str:
+    """The page's address without its query (the browser's Referer, else the server's base URL)."""
+    headers = getattr(request, "headers", None) or {}
+    ref = headers.get("referer") if hasattr(headers, "get") else None
+    if ref:
+        return ref.split("?", 1)[0].split("#", 1)[0]
+    inner = getattr(request, "request", None)
+    return str(getattr(inner, "base_url", "") or "/")
 
 
 def progress_reporter(progress: gr.Progress | None):
@@ -130,7 +143,8 @@ class Handlers:
     def _pack(self, out: dict[str, Any]) -> tuple:
         files = out["files"]
         return (*(out["grids"][k] for k in self.kinds), out["gallery"], out["table"], out["metrics_note"],
-                files["grid"], files["zip"], files["csv"], files["recipe"], out["status"], out["controls"])
+                files["grid"], files["zip"], files["csv"], files["recipe"], out["status"], files["handout"],
+                out["controls"], out["run_id"])
 
     # --- cheap events (queue=False) -----------------------------------------------------------------------
     def cancel(self, request: gr.Request = None) -> str:
@@ -151,7 +165,7 @@ class Handlers:
             if run_dir is None:
                 note = (f"Example “{rows[index]['label']}” is not precomputed: press **Run** (its result is then "
                         "cached).")
-                return (*(gr.skip() for _ in self.outputs[:-2]), note, gr.skip())
+                return tuple(note if name == "status" else gr.skip() for name in self.outputs)
             return self._pack(self.s.outputs(run_dir, cached=True))
 
     def show_tabs(self, controls: list[str] | None) -> tuple:
@@ -223,6 +237,71 @@ class Handlers:
         f = self.s.recipe_fields(spec)
         return (*(f[k] for k in RECIPE_FIELDS),
                 f"Recipe read: {spec.n_images} image(s). Press **Reproduce** to run it.")
+
+    # --- history and compare (cheap: files only) ----------------------------------------------------------
+    def remember_run(self, history: list[str] | None, run_id: str | None) -> tuple:
+        """Add the run just shown to this session's history: (history, gallery, run A and run B choices)."""
+        history = list(history or [])
+        if run_id and run_id not in history:
+            try:
+                with shown("history"):
+                    self.s.history_entry(run_id)  # one of this app's runs (not an example's folder)
+                history.append(run_id)
+            except gr.Error:
+                pass
+        return self._history_view(history)
+
+    def _history_view(self, history: list[str]) -> tuple:
+        entries = []
+        for run_id in history:
+            try:
+                with shown("history"):
+                    entries.append(self.s.history_entry(run_id))
+            except gr.Error:
+                continue  # gone from the server (TAD_MAX_RUNS): dropped from the view
+        history = [e["id"] for e in entries]
+        choices = [(e["caption"], e["id"]) for e in reversed(entries)]
+        gallery = [(e["thumb"], e["caption"]) for e in reversed(entries)]
+        a = history[-2] if len(history) > 1 else (history[-1] if history else None)
+        b = history[-1] if history else None
+        return history, gallery, gr.update(choices=choices, value=a), gr.update(choices=choices, value=b)
+
+    def compare(self, a: str | None, b: str | None) -> tuple:
+        """Runs A and B side by side and the per-cell metric deltas."""
+        with shown("compare"):
+            if not a or not b:
+                raise gr.Error("pick two runs of this session (run a grid twice first)", title="Cannot compare")
+            c = self.s.compare_runs(a, b)
+        return c["a"], c["b"], c["table"], c["note"]
+
+    def load_run(self, run_id: str | None) -> tuple:
+        """A run's values back into the inputs (the fields of EXAMPLE_FIELDS it recorded)."""
+        with shown("loading the run"):
+            if not run_id:
+                raise gr.Error("pick a run first", title="Cannot load")
+            f = self.s.run_fields(run_id)
+        return (*(f.get(k, gr.skip()) for k in EXAMPLE_FIELDS), "Run loaded into the inputs: press **Run grid**.")
+
+    def share_link(self, run_id: str | None, request: gr.Request = None) -> str:
+        """The URL of this page with the run's values in its query string (opens and runs the same grid)."""
+        if not run_id:
+            return ""
+        try:
+            with shown("share link"):
+                query = self.s.share_query(run_id)
+        except gr.Error:
+            return ""
+        return f"{page_url(request)}?{query}"
+
+    def from_query(self, params: dict | None, request: gr.Request = None) -> tuple:
+        """On page load: a share link's values (the page's query, read by the browser: ``QUERY_JS``) into the
+        inputs, and a new token that starts its grid; without a query the page stays as it is."""
+        if not isinstance(params, dict) or not params:
+            params = dict(getattr(request, "query_params", None) or {})
+        f = self.s.fields_from_query({str(k): str(v) for k, v in params.items()})
+        if not f:
+            return (*(gr.skip() for _ in EXAMPLE_FIELDS), gr.skip())
+        return (*(f.get(k, gr.skip()) for k in EXAMPLE_FIELDS), uuid.uuid4().hex)
 
     def random_seeds(self, seeds: str | None) -> str:
         return self.s.random_seeds(seeds)

@@ -598,6 +598,7 @@ def test_cells_stream_in_as_they_finish_then_the_full_outputs(served):
     first = partial[0]
     assert isinstance(first[0], Image.Image) and "of 3 cells" in first[11]
     assert len(first[4]) >= 1 and all(isinstance(im, Image.Image) for im, _ in first[4])
+    assert 1 <= len(first[5]["data"]) == len(first[4])  # the metrics table's rows fill in with the cells
     final = got[-1]
     assert Path(final[0]).is_file() and len(final[5]["data"]) == 3 and len(final[4]) == 3
 

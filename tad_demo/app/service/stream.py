@@ -9,10 +9,14 @@ show while the rest is generated (the labelled grid, the metrics and the files r
 
 from __future__ import annotations
 
+from typing import Any
+
 from PIL import Image
 
 from ...grid import GridSpec
-from .outputs import lam_text
+from .outputs import lam_text, summary_table
+
+METRICS = ("clip_score_object", "clip_accuracy_object", "clip_score_style", "clip_accuracy_style")
 
 GAP = 4
 MIN_TILE = 96          # small toy-world images are enlarged so a 3×3 mosaic is readable
@@ -61,8 +65,19 @@ class PartialGrid:
                                   f"seed {seed}"))
         return items
 
+    def table(self) -> dict[str, Any]:
+        """The metrics table's rows of the finished cells (their CLIP numbers come with the finished grid)."""
+        rows = [{"control": kind, "row": r, "col": c, "object_lambda": self.rows[r], "style_lambda": self.cols[c],
+                 **dict.fromkeys(METRICS, "")}
+                for (kind, r, c), images in sorted(self.cells.items(),
+                                                   key=lambda kv: (self.kinds.index(kv[0][0]), kv[0][1:]))
+                for _ in images]
+        return summary_table(rows, {"object": {"name": self.spec.object.name} if self.spec.object else None,
+                                    "style": {"name": self.spec.style.name} if self.spec.style else None})
+
     def status(self) -> str:
-        return f"**{len(self.cells)} of {self.total} cells** finished…"
+        return (f"**{len(self.cells)} of {self.total} cells** finished… (CLIP metrics are computed when every cell "
+                "is done)")
 
 
 __all__ = ["PartialGrid"]

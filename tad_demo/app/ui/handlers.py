@@ -137,7 +137,7 @@ class Handlers:
         mosaics = view.mosaics()
         skip = gr.skip()
         grids = tuple(mosaics.get(k, skip) for k in self.kinds)
-        after = {"gallery": view.gallery(), "status": view.status()}
+        after = {"gallery": view.gallery(), "table": view.table(), "status": view.status()}
         return (*grids, *(after.get(name, skip) for name in AFTER_GRIDS))
 
     def _pack(self, out: dict[str, Any]) -> tuple:

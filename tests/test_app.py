@@ -637,6 +637,25 @@ def test_a_closed_or_cancelled_event_stops_the_run_and_keeps_finished_cells(serv
     got, err = asyncio.run(cancel_after_first_cell())
     assert isinstance(err, gr.Error) and "ancel" in str(err), err
     assert any(isinstance(o[0], Image.Image) for o in got)  # what finished stayed on screen
+    # 3. Job.cancel() / `cancels=`: Gradio cancels the event's task; the worker stops too
+    async def cancel_the_task():
+        first = asyncio.Event()
+
+        async def consume():
+            async for out in h.grid(**fields):
+                if not _is_heartbeat(out):
+                    first.set()
+
+        task = asyncio.ensure_future(consume())
+        await asyncio.wait_for(first.wait(), 120)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    t0 = time.perf_counter()
+    asyncio.run(cancel_the_task())
+    assert service.models.lock.acquire(timeout=60), "the run went on after its task was cancelled"
+    service.models.lock.release()
+    assert not service.models.patcher.current and time.perf_counter() - t0 < 180
 
 
 def test_page_load_status_never_waits_for_the_model_lock(served):

@@ -87,7 +87,7 @@ def check_scope(scope: object) -> str:
     try:
         regex.compile(scope, regex.VERSION0)
     except (regex.error, ValueError, OverflowError) as e:
-        raise TaskVectorError(f"scope {scope!r} is neither a named scope ({', '.join(SCOPES)}) nor a valid regular "
+        raise TaskVectorError(f"scope {scope!r} is neither a known scope ({', '.join(SCOPES)}) nor a valid regular "
                               f"expression: {e}") from None
     return scope
 

@@ -49,7 +49,9 @@ def create_demo(service: Any, research: Any = None) -> gr.Blocks:
         shown = gr.State(["none"])                         # controls of the result on screen (tabs)
         last_run = gr.State(None)                          # id of the run on screen
         history = gr.State([])                             # this session's run ids, oldest first
-        shared = gr.State(None)                            # a new value when a share link's grid should run
+        # a new value when a share link's grid should run (a hidden Textbox: a State updated by a load event does
+        # not fire its change event)
+        shared = gr.Textbox(visible=False)
         gr.Markdown("# TAD Concept Grid\nTask arithmetic on diffusion models: rows edit the **object**, columns the "
                     "**style** — λ>0 ablates, 0 is the base model, λ<0 enhances. Same seed in every cell.",
                     elem_classes="tad-title")

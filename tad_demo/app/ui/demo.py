@@ -70,11 +70,12 @@ def create_demo(service: Any, research: Any = None) -> gr.Blocks:
         grid_outputs = [states[name] if name in STATES else o[name] for name in h.outputs]
         tabs_out = [o[f"tab_{k}"] for k in h.kinds] + [o["tabs"]]
         # 1. the heavy events: one queue, one at a time
-        progress_on = [o[f"grid_{k}"] for k in h.kinds]  # the progress bar sits on the grid, not everywhere
+        # the progress sits on the grid, minimal: the cells streaming into the grid stay visible under it
+        progress_on = [o[f"grid_{k}"] for k in h.kinds]
         run = w["run"].click(h.grid, inputs_kwargs={k: w[k] for k in REQUEST_FIELDS}, outputs=grid_outputs,
-                             api_name="grid", show_progress_on=progress_on, **GPU)
+                             api_name="grid", show_progress_on=progress_on, show_progress="minimal", **GPU)
         rep = w["reproduce"].click(h.reproduce, inputs=[w["recipe"]], outputs=grid_outputs, api_name="reproduce",
-                                   show_progress_on=progress_on, **GPU)
+                                   show_progress_on=progress_on, show_progress="minimal", **GPU)
         history_out = [history, o["history"], o["run_a"], o["run_b"]]
         for event in (run, rep):
             event.then(h.show_tabs, inputs=shown, outputs=tabs_out, **CHEAP).then(h.status, outputs=w["loaded"],
@@ -86,7 +87,8 @@ def create_demo(service: Any, research: Any = None) -> gr.Blocks:
         demo.load(h.from_query, inputs=query, outputs=[w[f] for f in EXAMPLE_FIELDS] + [shared], js=QUERY_JS,
                   **CHEAP)
         from_link = shared.change(h.grid, inputs_kwargs={k: w[k] for k in REQUEST_FIELDS}, outputs=grid_outputs,
-                                  show_progress_on=progress_on, api_visibility="private", **GPU)
+                                  show_progress_on=progress_on, show_progress="minimal", api_visibility="private",
+                                  **GPU)
         from_link.then(h.show_tabs, inputs=shown, outputs=tabs_out, **CHEAP)
         from_link.then(h.remember_run, inputs=[history, last_run], outputs=history_out, **CHEAP)
         from_link.then(h.share_link, inputs=last_run, outputs=o["share"], **CHEAP)

@@ -89,7 +89,8 @@ def create_demo(service: Any, research: Any = None) -> gr.Blocks:
         from_link = shared.change(h.grid, inputs_kwargs={k: w[k] for k in REQUEST_FIELDS}, outputs=grid_outputs,
                                   show_progress_on=progress_on, show_progress="minimal", api_visibility="private",
                                   **GPU)
-        from_link.then(h.show_tabs, inputs=shown, outputs=tabs_out, **CHEAP)
+        from_link.then(h.show_tabs, inputs=shown, outputs=tabs_out, **CHEAP).then(h.status, outputs=w["loaded"],
+                                                                                   **CHEAP)
         from_link.then(h.remember_run, inputs=[history, last_run], outputs=history_out, **CHEAP)
         from_link.then(h.share_link, inputs=last_run, outputs=o["share"], **CHEAP)
         o["compare"].click(h.compare, inputs=[o["run_a"], o["run_b"]],

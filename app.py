@@ -25,6 +25,8 @@ def build(settings: Settings) -> tuple[Service, gr.Blocks]:
     demo = ui.create_demo(service, research=ResearchService(service))
     # One queue for every heavy event; they share concurrency_id="gpu" with a limit of 1 (see tad_demo/app/ui/demo.py).
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
+    if settings.warm_start:  # the default base loads and traces while the page is served (TAD_WARM_START=0: not)
+        service.start_warm_up()
     return service, demo
 
 

@@ -10,6 +10,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pytest
@@ -104,7 +105,7 @@ def test_ui_does_not_import_torch():
 
 def test_valid_request_builds_the_toy_grid(served):
     _, service = served
-    spec, normalized = service.build(GridRequest(object_ablate=0.5, seeds="7, 8"))
+    spec, normalized = service.build(GridRequest(object_lambdas="0.5, 0, -1", seeds="7, 8"))
     assert spec.object.name == "smiley" and spec.style.name == "striped"
     assert spec.object_lambdas == (0.5, 0.0, -1.0) and spec.seeds == [7, 8] and spec.height == 32
     assert normalized["sources"] == ["assets:ablations/smiley.safetensors", "assets:ablations/striped.safetensors"]
@@ -112,8 +113,8 @@ def test_valid_request_builds_the_toy_grid(served):
 
 def test_bad_numbers_are_refused_with_the_field_named(served):
     _, service = served
-    _refused(service, "object ablate λ: 1e+09 is outside", object_ablate=1e9)
-    _refused(service, "λ", style_enhance=float("nan"))
+    _refused(service, "object λ: 1e+09 is outside", object_lambdas=[1e9, 0, -1])
+    _refused(service, "style λ", style_lambdas=[1, 0, float("nan")])
     _refused(service, "steps: 1000000 is outside 1..400", steps=10**6)
     _refused(service, "steps", steps=2.5)
     _refused(service, "height: -64 is not a multiple of 8", height=-64)
@@ -248,12 +249,12 @@ def test_base_change_and_added_models_update_the_choices(served):
 def test_api_grid_returns_grid_metrics_and_recipe(served):
     url, _ = served
     c = _client(url)
-    r = c.predict(object_ablate=0.75, seeds="3", api_name="/grid")
-    assert len(r) == 12
+    r = c.predict(object_lambdas="0.75, 0, -1", seeds="3", api_name="/grid")
+    assert len(r) == 13 and Path(r[12]).name == "handout.html"
     grid = Image.open(r[0])
     assert grid.width > 400 and r[1] is None  # only the plain grid
     request = json.loads(grid.text["tad_request"])
-    assert request["object_ablate"] == 0.75
+    assert request["object_lambdas"] == [0.75, 0.0, -1.0]
     assert yaml.safe_load(grid.text["tad_grid"])["object_lambdas"] == [0.75, 0.0, -1.0]
     table = r[5]
     assert len(table["data"]) == 9 and table["headers"][3].startswith("CLIP score")
@@ -267,14 +268,14 @@ def test_api_grid_returns_grid_metrics_and_recipe(served):
 def test_two_concurrent_sessions_get_their_own_results(served):
     url, _ = served
     a, b = _client(url), _client(url)
-    ja = a.submit(object_ablate=0.5, style_enhance=-0.25, seeds="11", api_name="/grid")
-    jb = b.submit(object_ablate=1.5, style_enhance=-2.0, seeds="12", api_name="/grid")
+    ja = a.submit(object_lambdas="0.5, 0, -1", style_lambdas="1, 0, -0.25", seeds="11", api_name="/grid")
+    jb = b.submit(object_lambdas="1.5, 0, -1", style_lambdas="1, 0, -2", seeds="12", api_name="/grid")
     ra, rb = ja.result(timeout=TIMEOUT), jb.result(timeout=TIMEOUT)
     for r, lam, enh, seed in ((ra, 0.5, -0.25, 11), (rb, 1.5, -2.0, 12)):
         recipe = _recipe(r)
         assert recipe["object_lambdas"] == [lam, 0.0, -1.0] and recipe["style_lambdas"] == [1.0, 0.0, enh]
         assert recipe["seeds"] == [seed]
-        assert json.loads(Image.open(r[0]).text["tad_request"])["object_ablate"] == lam
+        assert json.loads(Image.open(r[0]).text["tad_request"])["object_lambdas"][0] == lam
 
 
 def test_bad_inputs_through_the_api_then_it_keeps_serving(served):
@@ -282,7 +283,7 @@ def test_bad_inputs_through_the_api_then_it_keeps_serving(served):
 
     url, _ = served
     c = _client(url)
-    cases = [({"object_ablate": 1e9}, "1000000000"), ({"steps": 10**6}, "steps: 1000000"),
+    cases = [({"object_lambdas": "1e9, 0"}, "object λ: 1e.09 is outside"), ({"steps": 10**6}, "steps: 1000000"),
              ({"height": -64}, "height: -64"), ({"base": "no-such-model"}, "neither an existing path"),
              ({"object": "x → y @ ../../etc/passwd"}, "path traversal"), ({"object": "nope"}, "unknown concept")]
     for kwargs, match in cases:
@@ -334,7 +335,7 @@ def test_soak_8_sessions_x_5_requests_lose_nothing(served):
     for k in range(5):
         for i, c in enumerate(clients):
             lam = round(0.05 * (1 + i + 8 * k), 2)
-            jobs.append((lam, c.submit(object_ablate=lam, style="", seeds=str(i), clip_metrics=k % 2 == 0,
+            jobs.append((lam, c.submit(object_lambdas=f"{lam}, 0, -1", style="", seeds=str(i), clip_metrics=k % 2 == 0,
                                        api_name="/grid")))
 
     def check(item):
@@ -371,9 +372,383 @@ def test_reproduce_a_recipe_gives_the_same_metrics(served, tmp_path):
 
     url, _ = served
     c = _client(url)
-    first = c.predict(object_ablate=0.6, controls=["none", "canny"], seeds="9", api_name="/grid")
+    first = c.predict(object_lambdas="0.6, 0, -1", controls=["none", "canny"], seeds="9", api_name="/grid")
     assert first[0] and first[1]  # one grid per control
     again = c.predict(recipe=handle_file(first[8]), api_name="/reproduce")  # the zip carries the condition
     assert Path(again[9]).read_text() == Path(first[9]).read_text()
     with pytest.raises(Exception, match="cells.zip"):
         c.predict(recipe=handle_file(first[10]), api_name="/reproduce")  # YAML alone has no condition images
+
+
+# --- hardened API: the defects found from outside, each with its test ----------------------------------------
+
+def _recipe_file(service: Service, tmp_path: Path, name: str = "recipe.yaml", text: str | None = None,
+                 **changes) -> Path:
+    """A recipe.yaml of the default toy grid (no model runs), with ``changes`` applied to its fields."""
+    spec, _ = service.build(GridRequest())
+    d = {**spec.to_dict(), **changes}
+    p = tmp_path / name
+    p.write_text(text if text is not None else yaml.safe_dump(d, sort_keys=False, allow_unicode=True))
+    return p
+
+
+def _recipe_refused(service: Service, path: Path, match: str) -> str:
+    with pytest.raises(UserError) as e:
+        service.recipe_spec(str(path))
+    msg = str(e.value)
+    assert match in msg and "\n" not in msg, msg
+    return msg
+
+
+def test_scope_regex_is_checked_before_anything_matches(served, tmp_path):
+    import torch
+
+    from tad_demo.core.errors import TaskVectorError
+    from tad_demo.core.scopes import check_scope, scope_matcher
+    from tad_demo.core.task_vector import TaskVector
+
+    _, service = served
+    t0 = time.perf_counter()
+    for evil in (r"^(?:[\w.]|[\w.])*!", r"(a+)+$", r"(\w|\d)*x", r"(.*)\1", "x" * 201):
+        _recipe_refused(service, _recipe_file(service, tmp_path, scope=evil), "scope")
+    assert time.perf_counter() - t0 < 10  # refused by shape, not by trying
+    # named scopes and simple patterns still work, through the time-bounded matcher
+    tv = TaskVector({"unet.a.attn2.to_k.weight": torch.ones(2), "unet.a.attn1.to_q.weight": torch.ones(2)})
+    assert set(tv.restrict("cross_attn_kv").deltas) == {"unet.a.attn2.to_k.weight"}
+    assert set(tv.restrict(r"attn1\.to_[qk]").deltas) == {"unet.a.attn1.to_q.weight"}
+    assert scope_matcher("unet")("unet.x") and check_scope("cross_attn") == r"attn2\."
+    with pytest.raises(TaskVectorError, match="exponential"):
+        tv.restrict(r"^(?:[\w.]|[\w.])*!")
+    spec, _ = service.recipe_spec(str(_recipe_file(service, tmp_path, scope="cross_attn_kv")))
+    assert spec.scope == "cross_attn_kv"
+
+
+def test_yaml_aliases_huge_recipes_and_bad_hashes_are_refused(served, tmp_path):
+    from tad_demo.app.ui.handlers import Handlers
+
+    _, service = served
+    good = _recipe_file(service, tmp_path).read_text()
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+    bomb = good.replace("hashes: {}", "hashes:\n  " + laughs.replace("\n", "\n  ").rstrip())
+    assert bomb != good
+    _recipe_refused(service, _recipe_file(service, tmp_path, text=bomb), "aliases")
+    _recipe_refused(service, _recipe_file(service, tmp_path, hashes=["not", "a", "mapping"]), "hashes")
+    _recipe_refused(service, _recipe_file(service, tmp_path, hashes={"x": "y" * 10_000}), "hashes")
+    _recipe_refused(service, _recipe_file(service, tmp_path, hashes={f"k{i}": "0" for i in range(100)}), "hashes")
+    _recipe_refused(service, _recipe_file(service, tmp_path, merge=[1, 2]), "merge must be a mapping")
+    # a 21 MB recipe is refused by its size before it is parsed (the upload handler runs outside the queue)
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("tad_grid: 1\nbase: x\n# " + "x" * (21 * 2**20) + "\n")
+    t0 = time.perf_counter()
+    out = Handlers(service).recipe_loaded(str(huge))
+    assert time.perf_counter() - t0 < 2 and "Recipe refused" in out[-1] and "kB" in out[-1], out[-1]
+
+
+def test_zip_bombs_are_capped_and_unpacked_folders_always_deleted(served, tmp_path):
+    import zipfile
+
+    _, service = served
+    unpacked = service.settings.work_dir / "recipes"
+    recipe = _recipe_file(service, tmp_path).read_text()
+
+    def zipped(name: str, files: dict[str, bytes]) -> Path:
+        p = tmp_path / name
+        with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("recipe.yaml", recipe)
+            for n, data in files.items():
+                z.writestr(n, data)
+        return p
+
+    big = zipped("big.zip", {f"conditions/c{i}.png": bytes(19 * 2**20) for i in range(4)})  # 76 MB unpacked
+    assert big.stat().st_size < 2**20
+    _recipe_refused(service, big, "unpacks to")
+    many = zipped("many.zip", {f"conditions/c{i}.png": b"x" for i in range(20)})
+    _recipe_refused(service, many, "at most 16")
+    not_png = zipped("bad.zip", {"conditions/canny.png": b"not an image"})
+    spec, _ = service.recipe_spec(str(not_png))  # the recipe has no control: the stray file is not read
+    assert spec.controls[0].kind == "none"
+    bad_ref = yaml.safe_load(recipe)
+    bad_ref["controls"] = [{"kind": "canny", "model": "x", "scale": 1.0, "image": "conditions/canny.png"}]
+    recipe = yaml.safe_dump(bad_ref)
+    _recipe_refused(service, zipped("bad2.zip", {"conditions/canny.png": b"not an image"}), "not a readable image")
+    assert not unpacked.exists() or not any(unpacked.iterdir()), list(unpacked.iterdir())
+
+
+def test_format_specs_in_the_prompt_template_are_refused(served, tmp_path):
+    _, service = served
+    _refused(service, "without a format", prompt_template="a {object:>10000000} in {style}")
+    _refused(service, "without a format", prompt_template="a {object!r} in {style}")
+    _recipe_refused(service, _recipe_file(service, tmp_path, prompt_template="a {object:>10000000} in {style}"),
+                    "without a format")
+
+
+def test_the_grid_has_a_compute_budget_that_says_what_to_lower(served):
+    _, service = served
+    msg = _refused(service, "megapixel-steps", height=768, width=768, steps=4, seeds="1")
+    assert "lower the steps, the size" in msg
+    service.build(GridRequest(height=64, width=64, steps=4))  # a small grid is within the budget
+
+
+def test_recipes_are_held_to_the_form_s_limits(served, tmp_path):
+    _, service = served
+    spec, _ = service.build(GridRequest())
+    obj = spec.to_dict()["object"]
+    _recipe_refused(service, _recipe_file(service, tmp_path, guidance=45.0), "recipe guidance: 45 is outside [0, 30]")
+    _recipe_refused(service, _recipe_file(service, tmp_path, object={**obj, "name": "x" * 10_000}), "name")
+    _recipe_refused(service, _recipe_file(service, tmp_path, prompt_template="a {object} " + "y" * 400), "prompt:")
+    _recipe_refused(service, _recipe_file(service, tmp_path, object_lambdas=[99, 0, -1]),
+                    "recipe object λ: 99 is outside")
+    _recipe_refused(service, _recipe_file(service, tmp_path, steps=4, height=768, width=768), "megapixel-steps")
+
+
+def test_bad_values_get_one_line_naming_the_field(served, tmp_path):
+    import pickle
+
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    url, service = served
+    c = _client(url)
+    evil = service.settings.work_dir / "uploads" / "evil.ckpt"
+    evil.parent.mkdir(parents=True, exist_ok=True)
+    evil.write_bytes(pickle.dumps({"state_dict": {"x": print}}))  # a global: refused by weights_only
+    text = tmp_path / "not_an_image.png"
+    text.write_text("hello")
+    for kwargs, match in (({"steps": float("nan")}, "steps: nan"), ({"height": float("inf")}, "height: inf")):
+        msg = _raw_grid_error(url, c, **kwargs)  # NaN/∞ as raw JSON: gradio_client cannot even send them
+        assert match in msg and "\n" not in msg, msg
+    cases = [({"steps": "abc"}, "steps: 'abc'"), ({"object_lambdas": "1, abc"}, "object λ: 'abc'"),
+             ({"object_lambdas": "99"}, "object λ: 99 is outside [-3, 3]"),
+             ({"guidance": 31}, "guidance: 31 is outside"), ({"conditioning_scale": 9}, "conditioning scale: 9"),
+             ({"extra1": "smiley", "extra1_lambda": "x"}, "extra concept 1 λ: 'x'"),
+             ({"merge_params": [1, 2]}, "merge_params: expected a mapping"),
+             ({"controls": ["none", "canny"], "condition_source": "map", "condition_image": handle_file(str(text))},
+              "not an image"),
+             ({"object": f"evil → dog @ {evil}", "style": ""}, "refused to load")]
+    for kwargs, match in cases:
+        with pytest.raises(AppError) as e:
+            c.predict(**kwargs, api_name="/grid")
+        msg = str(e.value)
+        assert match in msg and "\n" not in msg.strip(), (kwargs, msg)
+        assert "weights_only" not in msg and str(service.settings.work_dir) not in msg, msg
+    assert _recipe(c.predict(seeds="4", style="", api_name="/grid"))["seeds"] == [4]  # still serving
+
+
+def _raw_grid_error(url: str, client, **kwargs) -> str:
+    """The error message of a /grid call sent as raw JSON (NaN and Infinity allowed), via the `call` routes."""
+    import httpx
+
+    params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/grid"]["parameters"]
+    data = [kwargs.get(p["parameter_name"], p.get("parameter_default")) for p in params]
+    body = json.dumps({"data": data}, allow_nan=True)
+    base = url.rstrip("/") + "/gradio_api/call/grid"
+    event = httpx.post(base, content=body, headers={"Content-Type": "application/json"}, timeout=60).json()
+    text = httpx.get(f"{base}/{event['event_id']}", timeout=TIMEOUT).text
+    assert "event: error" in text, text[:500]
+    return text.split("event: error", 1)[1].split("data:", 1)[1].strip().splitlines()[0]
+
+
+def test_axes_take_lists_of_lambda_within_the_image_cap(served):
+    url, service = served
+    spec, normalized = service.build(GridRequest(object_lambdas="1, 0.5, 0, -0.5, -1", style=""))
+    assert spec.object_lambdas == (1.0, 0.5, 0.0, -0.5, -1.0) and spec.n_images == 5
+    assert normalized["object_lambdas"] == [1.0, 0.5, 0.0, -0.5, -1.0]
+    _refused(service, "TAD_MAX_IMAGES", object_lambdas="3,2,1,0,-1,-2,-3,0.5,-0.5",
+             style_lambdas="3,2,1,0,-1,-2,-3,0.5,-0.5", seeds="1,2")
+    _refused(service, "give 1 to 9 values", object_lambdas=", ".join(str(i / 10) for i in range(10)))
+    _refused(service, "each value once", object_lambdas="1, 1")
+    r = _client(url).predict(object_lambdas="2, 0.5, -0.5", style="", seeds="1", api_name="/grid")
+    assert _recipe(r)["object_lambdas"] == [2.0, 0.5, -0.5] and len(r[5]["data"]) == 3
+    assert [row[1] for row in r[5]["data"]] == ["+2", "+0.5", "−0.5"]  # the table keeps the sign convention
+
+
+def _drive(agen, stop_after: int | None = None):
+    """Run an async generator handler to its end (or aclose it after ``stop_after`` partial yields, as Gradio does
+    for a client that went away); returns the yields and the error it ended with."""
+    import asyncio
+
+    async def go():
+        got, err = [], None
+        try:
+            async for out in agen:
+                got.append(out)
+                if stop_after is not None and sum(1 for o in got if not _is_heartbeat(o)) >= stop_after:
+                    await agen.aclose()
+                    break
+        except Exception as e:  # noqa: BLE001
+            err = e
+        return got, err
+
+    return asyncio.run(go())
+
+
+def _is_heartbeat(out) -> bool:
+    return all(isinstance(x, dict) and x.get("__type__") == "update" and len(x) == 1 for x in out)
+
+
+def test_cells_stream_in_as_they_finish_then_the_full_outputs(served):
+    from tad_demo.app.ui.handlers import Handlers
+
+    _, service = served
+    h = Handlers(service)
+    got, err = _drive(h.grid(**{**GridRequest().__dict__, "seeds": "21", "style": "", "clip_metrics": True}))
+    assert err is None, err
+    partial = [o for o in got[:-1] if not _is_heartbeat(o)]
+    assert partial, "no cell was shown before the end"
+    first = partial[0]
+    assert isinstance(first[0], Image.Image) and "of 3 cells" in first[11]
+    assert len(first[4]) >= 1 and all(isinstance(im, Image.Image) for im, _ in first[4])
+    assert 1 <= len(first[5]["data"]) == len(first[4])  # the metrics table's rows fill in with the cells
+    final = got[-1]
+    assert Path(final[0]).is_file() and len(final[5]["data"]) == 3 and len(final[4]) == 3
+
+
+def test_a_closed_or_cancelled_event_stops_the_run_and_keeps_finished_cells(served):
+    import gradio as gr
+
+    from tad_demo.app.ui.handlers import Handlers
+
+    _, service = served
+    h = Handlers(service)
+    fields = {**GridRequest().__dict__, "seeds": "22", "steps": 300, "style": "", "clip_metrics": False}
+    # 1. a client that went away: Gradio closes the generator; the worker stops within a step, the lock is free
+    t0 = time.perf_counter()
+    got, err = _drive(h.grid(**fields), stop_after=1)
+    assert err is None and got
+    assert service.models.lock.acquire(timeout=60), "the run went on after its event was closed"
+    service.models.lock.release()
+    assert not service.models.patcher.current and time.perf_counter() - t0 < 120
+    # 2. Cancel: the finished cells were shown before the one-line "Cancelled"
+    import asyncio
+
+    me = SimpleNamespace(session_hash="cancel-test")  # what gr.Request gives the handlers
+
+    async def cancel_after_first_cell():
+        got, agen = [], h.grid(me, **fields)
+        try:
+            async for out in agen:
+                got.append(out)
+                if not _is_heartbeat(out):
+                    assert "Cancelling" in h.cancel(me)
+        except gr.Error as e:
+            return got, e
+        return got, None
+
+    got, err = asyncio.run(cancel_after_first_cell())
+    assert isinstance(err, gr.Error) and "ancel" in str(err), err
+    assert any(isinstance(o[0], Image.Image) for o in got)  # what finished stayed on screen
+    # 3. Job.cancel() / `cancels=`: Gradio cancels the event's task; the worker stops too
+    async def cancel_the_task():
+        first = asyncio.Event()
+
+        async def consume():
+            async for out in h.grid(**fields):
+                if not _is_heartbeat(out):
+                    first.set()
+
+        task = asyncio.ensure_future(consume())
+        await asyncio.wait_for(first.wait(), 120)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    t0 = time.perf_counter()
+    asyncio.run(cancel_the_task())
+    assert service.models.lock.acquire(timeout=60), "the run went on after its task was cancelled"
+    service.models.lock.release()
+    assert not service.models.patcher.current and time.perf_counter() - t0 < 180
+
+
+def test_page_load_status_never_waits_for_the_model_lock(served):
+    from tad_demo.app.ui.handlers import Handlers
+
+    _, service = served
+    h = Handlers(service)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with service.models.lock:
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert held.wait(10)
+        t0 = time.perf_counter()
+        assert "running" in h.status()
+        assert time.perf_counter() - t0 < 1
+    finally:
+        release.set()
+        t.join()
+
+
+def _run(service: Service, **fields) -> Path:
+    spec, normalized = service.build(GridRequest(**fields))
+    return service.compute(normalized, spec)
+
+
+def test_history_compare_and_load_back(served):
+    import gradio as gr
+
+    from tad_demo.app.request import EXAMPLE_FIELDS
+    from tad_demo.app.ui.handlers import Handlers
+
+    _, service = served
+    h = Handlers(service)
+    a = _run(service, style="", seeds="5, 6", object_lambdas="1, 0, -1")
+    b = _run(service, style="", seeds="6, 7", object_lambdas="1, 0.5, 0", merge_method="ties")
+    hist, gallery, run_a, run_b = h.remember_run([], a.name)
+    hist, gallery, run_a, run_b = h.remember_run(hist, b.name)
+    hist2 = h.remember_run(hist, "default")[0]  # an example's folder is not a run of this session
+    assert hist == hist2 == [a.name, b.name] and len(gallery) == 2 and "ties" in gallery[0][1]
+    assert (run_a["value"], run_b["value"]) == (a.name, b.name)
+    img_a, img_b, table, note = h.compare(a.name, b.name)
+    assert Path(img_a).parent == a and Path(img_b).parent == b
+    assert "seeds both runs used (6)" in note and "2 in one run only" in note
+    # λ = 1 and 0 are in both runs: 2 cells matched; the deltas are B − A of the per-cell means at seed 6
+    assert [row[1] for row in table["data"]] == ["+1", "0"]
+    import csv
+
+    def score(run, lam):
+        with open(run / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        return next(float(r["clip_score_object"]) for r in rows
+                    if r["seed"] == "6" and float(r["object_lambda"]) == lam)
+
+    assert table["data"][0][3] == f"{score(b, 1.0) - score(a, 1.0):+.3f}"
+    with pytest.raises(gr.Error, match="not a run of this app"):
+        h.compare("../../etc", b.name)
+    loaded = h.load_run(b.name)
+    values = dict(zip(EXAMPLE_FIELDS, loaded))
+    assert values["object_lambdas"] == "1, 0.5, 0" and values["seeds"] == "6, 7" and values["merge_method"] == "ties"
+    assert values["style"] == ""
+    # the handout: one self-contained printable page with the grid, the metrics table, the formula and the recipe
+    page = (b / "handout.html").read_text()
+    assert "data:image/png;base64," in page and "CLIP score" in page and "tad_grid: 1" in page
+    assert "λ &gt; 0 ablates" in page and "@media print" in page
+
+
+def test_share_link_reproduces_the_grid_s_request(served):
+    import json as _json
+    from urllib.parse import parse_qsl
+
+    from tad_demo.app.request import EXAMPLE_FIELDS
+    from tad_demo.app.ui.handlers import Handlers
+
+    _, service = served
+    h = Handlers(service)
+    run = _run(service, style="", seeds="8", object_lambdas="1.5, 0, -0.5", steps=3)
+    link = h.share_link(run.name, SimpleNamespace(headers={"referer": "http://example.org/app/?old=1"}))
+    assert link.startswith("http://example.org/app/?") and "old=1" not in link
+    params = dict(parse_qsl(link.split("?", 1)[1], keep_blank_values=True))  # as URLSearchParams does
+    out = h.from_query(params)
+    values = {k: v for k, v in zip(EXAMPLE_FIELDS, out) if not (isinstance(v, dict) and v.get("__type__"))}
+    assert out[-1] and values["steps"] == 3 and values["object_lambdas"] == "1.5, 0, -0.5"
+    # the other person's page builds exactly the request of the shared run (same key: same seeds, same images)
+    _, normalized = service.build(GridRequest(**values))
+    assert normalized == _json.loads((run / "request.json").read_text())["request"]
+    # no query: the page stays as it is; junk in a query reaches the validation, which names the field
+    assert all(isinstance(v, dict) for v in h.from_query({}))
+    junk = dict(zip(EXAMPLE_FIELDS, h.from_query({"steps": "many", "nope": "1"})))
+    assert junk["steps"] == "many" and "nope" not in junk
+    _refused(service, "steps: 'many'", steps="many")

@@ -57,5 +57,5 @@ def test_the_grid_api_takes_exactly_the_request_fields():
 
     params = inspect.signature(Handlers.grid).parameters
     keyword = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
-    assert keyword == list(REQUEST_FIELDS) and len(REQUEST_FIELDS) == 30
+    assert keyword == list(REQUEST_FIELDS) and len(REQUEST_FIELDS) == 28  # axes: object_lambdas, style_lambdas
     assert {n: params[n].default for n in keyword} == request_defaults() == GridRequest().__dict__

@@ -39,10 +39,8 @@ class GridRequest:
     guidance: float | None = None
     height: int | float | None = None
     width: int | float | None = None
-    object_ablate: float = 1.0
-    object_enhance: float = -1.0
-    style_ablate: float = 1.0
-    style_enhance: float = -1.0
+    object_lambdas: str | list[float] = "1, 0, -1"   # rows, top to bottom: λ>0 ablates, 0 is the base, λ<0 enhances
+    style_lambdas: str | list[float] = "1, 0, -1"    # columns, left to right
     extra1: str | None = None
     extra1_lambda: float = 1.0
     extra2: str | None = None
@@ -67,7 +65,7 @@ EXAMPLE_FIELDS: tuple[str, ...] = tuple(f for f in REQUEST_FIELDS
 
 # Fields an uploaded recipe shows in the widgets (the Reproduce button runs the recipe itself).
 RECIPE_FIELDS: tuple[str, ...] = ("controls", "seeds", "steps", "guidance", "height", "width", "prompt_template",
-                                  "object_ablate", "object_enhance", "style_ablate", "style_enhance", "merge_method")
+                                  "object_lambdas", "style_lambdas", "merge_method")
 
 
 def request_defaults() -> dict[str, Any]:

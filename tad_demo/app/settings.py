@@ -21,12 +21,15 @@ default, its variable, and the range the variable is clamped to (never above the
 | ``TAD_MAX_IMAGES`` | 108 | images per grid (cells × seeds × controls) |
 | ``TAD_MAX_LAMBDA`` | 3 | abs(λ) of every vector |
 | ``TAD_MAX_EXTRA`` | 3 | extra concepts (multi-concept addition) |
+| ``TAD_GRID_BUDGET`` | 600 | megapixel-steps of one grid on a GPU (images × steps × height × width / 10⁶) |
+| ``TAD_CPU_GRID_BUDGET`` | 12 | the same on a CPU (the toy world's default grid is 0.7) |
 | (fixed) | | guidance ≤ 30, conditioning scale ≤ 2, seeds ≤ 2³²−1, research caps: see ``core/limits.py`` |
 | ``TAD_CACHE_TTL`` | 3600 | seconds temp files live (Gradio's ``delete_cache`` and our run folders) |
 | ``TAD_MAX_RUNS`` | 64 | run folders kept on disk |
 | ``TAD_MAX_UPLOAD_MB`` | 2048 | largest upload (a full SD checkpoint is ~4 GB in fp32, 2 GB in fp16) |
 | ``TAD_WORK_DIR`` | ``$TMPDIR/tad_app`` | run folders and the lazily cached examples |
 | ``TAD_DEVICE`` | auto | ``cpu``/``cuda``/``cuda:1`` |
+| ``TAD_WARM_START`` | ``1`` | load and trace the default base in the background at launch (``0``: on the first grid) |
 | ``TAD_TORCH_THREADS`` | 0 | torch CPU threads while generating (0: torch's default, one per core) |
 """
 
@@ -114,12 +117,15 @@ class Settings:
     max_scale: float = float(APP["max_scale"].default)
     max_seed: int = int(APP["max_seed"].default)
     max_template: int = int(APP["max_template"].default)
+    grid_budget: int = int(APP["grid_budget"].default)
+    cpu_grid_budget: int = int(APP["cpu_grid_budget"].default)
     cache_ttl: int = 3600
     max_runs: int = 64
     max_upload_mb: int = 2048
     work_dir: Path = Path(tempfile.gettempdir()) / "tad_app"
     device: str | None = None
     threads: int = 0
+    warm_start: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -144,13 +150,20 @@ class Settings:
             max_images=_cap(env, "max_images"),
             max_lambda=_cap(env, "max_lambda"),
             max_extra=_cap(env, "max_extra"),
+            grid_budget=_cap(env, "grid_budget"),
+            cpu_grid_budget=_cap(env, "cpu_grid_budget"),
             cache_ttl=_int(env, "TAD_CACHE_TTL", 3600, 60, 7 * 86400),
             max_runs=_int(env, "TAD_MAX_RUNS", 64, 1, 10_000),
             max_upload_mb=_int(env, "TAD_MAX_UPLOAD_MB", 2048, 1, 16_384),
             work_dir=Path(env.get("TAD_WORK_DIR") or Path(tempfile.gettempdir()) / "tad_app").expanduser(),
             device=device,
             threads=_int(env, "TAD_TORCH_THREADS", 0, 0, os.cpu_count() or 1),
+            warm_start=env.get("TAD_WARM_START", "1").strip().lower() not in ("0", "false", "no", "off"),
         )
+
+    def budget(self, device: str) -> int:
+        """Megapixel-steps one grid may take on ``device`` (``cpu``, ``cuda:0``, …)."""
+        return self.cpu_grid_budget if str(device).startswith("cpu") else self.grid_budget
 
     def describe(self) -> dict[str, str]:
         """Plain strings, for the startup log line."""

@@ -84,6 +84,19 @@ def parse_seeds(text: Any, max_seeds: int, max_seed: int = MAX_SEED) -> list[int
     return out
 
 
+def parse_axis(text: Any, what: str, max_count: int, max_lambda: float) -> tuple[float, ...]:
+    """The λ values of one grid axis in the order given ("1, 0.5, 0, -0.5, -1" or a list): 1 … max_count distinct
+    finite numbers within ±max_lambda (never clamped: a value out of range is refused, naming the axis)."""
+    items = split_list(text)
+    if not 1 <= len(items) <= max_count:
+        raise UserError(f"{what}: give 1 to {max_count} values separated by commas, got {len(items)} "
+                        "(λ>0 ablates, 0 is the base, λ<0 enhances)")
+    values = tuple(parse_lambda(x, what, max_lambda) for x in items)
+    if len(set(values)) != len(values):
+        raise UserError(f"{what}: each value once, please")
+    return values
+
+
 def parse_lambda_list(text: Any, what: str, max_count: int, max_lambda: float) -> list[float]:
     """1 … max_count distinct finite λ within ±max_lambda, sorted (the values of a sweep)."""
     items = split_list(text)

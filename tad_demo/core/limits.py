@@ -32,6 +32,16 @@ class Hard:
     conditioning_scale: float = 5.0
     seed: int = 2**63 - 1          # seeds are in 0..seed
     condition_side: int = 4096     # sides of a ControlNet condition image
+    name: int = 100                # characters of a concept/vector name or anchor (they go into prompts)
+    template: int = 10_000         # characters of a prompt template
+    scope: int = 200               # characters of a scope regular expression
+    scope_match_s: float = 0.05    # seconds one scope match may take (a time bound, whatever the pattern)
+    yaml_chars: int = 256 * 1024   # characters of a recipe / grid config (a real one is a few kB)
+    hashes: int = 64               # entries of a recipe's `hashes`
+    hash_key: int = 600            # characters of one `hashes` key (an input's reference)
+    hash_value: int = 128          # characters of one `hashes` value (a sha256 is 64)
+    zip_entries: int = 16          # files taken from a run's zip (recipe.yaml + one condition per control)
+    zip_mb: int = 64               # MB written when a run's zip is unpacked, all files together
 
 
 HARD = Hard()
@@ -61,7 +71,10 @@ APP: dict[str, Cap] = {
     "max_guidance": Cap(30.0, None, 0.0, HARD.guidance, "guidance scale"),
     "max_scale": Cap(2.0, None, 0.0, HARD.conditioning_scale, "ControlNet conditioning scale"),
     "max_seed": Cap(2**32 - 1, None, 0, HARD.seed, "largest seed typed in the app"),
-    "max_template": Cap(300, None, 1, 10_000, "characters of a prompt template"),
+    "max_template": Cap(300, None, 1, HARD.template, "characters of a prompt template"),
+    "grid_budget": Cap(600, "TAD_GRID_BUDGET", 1, 10**6,
+                       "megapixel-steps of one grid on a GPU (images × steps × height × width / 10⁶)"),
+    "cpu_grid_budget": Cap(12, "TAD_CPU_GRID_BUDGET", 1, 10**6, "megapixel-steps of one grid on a CPU"),
     # research views
     "max_lambdas": Cap(9, None, 1, HARD.axis, "λ values of one sweep"),
     "max_prompts": Cap(32, None, 1, 10_000, "prompts (images) per concept and λ / run"),

@@ -28,7 +28,10 @@ from typing import Any
 
 import yaml
 
-from .errors import RecipeError
+from .errors import RecipeError, TadError
+from .limits import HARD
+from .safe_yaml import load_yaml
+from .scopes import check_scope
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,8 @@ class VectorSpec:
     def validate(self, where: str) -> None:
         if not self.name:
             raise RecipeError(f"{where}: vector name is empty")
+        if len(self.name) > HARD.name:
+            raise RecipeError(f"{where}: vector name is {len(self.name)} characters; at most {HARD.name}")
         if self.kind not in VECTOR_KINDS:
             raise RecipeError(f"{where}: kind {self.kind!r} is not one of {', '.join(VECTOR_KINDS)}")
         if not isinstance(self.lam, (int, float)) or isinstance(self.lam, bool) or not math.isfinite(self.lam):
@@ -107,9 +112,15 @@ class Recipe:
         merge = d.get("merge") or {}
         if not isinstance(merge, dict):
             raise RecipeError(f"{origin}: 'merge' must be a mapping with 'method' and 'params'")
+        scope = d.get("scope")
+        if scope is not None:
+            try:
+                check_scope(scope)
+            except TadError as e:
+                raise RecipeError(f"{origin}: {e}") from None
         recipe = cls(base=str(d["base"]), vectors=vectors, method=str(merge.get("method", "linear")),
-                     params=dict(merge.get("params") or {}), scope=d.get("scope"),
-                     hashes=dict(d.get("hashes") or {}))
+                     params=dict(merge.get("params") or {}), scope=scope,
+                     hashes=check_hashes(d.get("hashes"), origin, RecipeError))
         names = [v.name for v in vectors]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -118,11 +129,7 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, text: str, origin: str = "recipe") -> Recipe:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise RecipeError(f"{origin}: not valid YAML ({str(e).splitlines()[0]})") from None
-        return cls.from_dict(data, origin)
+        return cls.from_dict(load_yaml(text, origin, error=RecipeError), origin)
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
@@ -177,6 +184,24 @@ class Recipe:
             raise RecipeError("the recipe has no vectors to merge")
         return merge([tv for _, tv, _ in built], method=self.method, weights=[lam for *_, lam in built],
                      **self.params)
+
+
+def check_hashes(hashes: Any, origin: str, error: type[TadError]) -> dict[str, str]:
+    """A recipe's ``hashes``: a mapping of input references to hex digests (or ``not-a-local-path``), bounded in
+    size (``HARD.hashes`` entries of short strings): it is provenance, never a place for payloads."""
+    if hashes is None:
+        return {}
+    if not isinstance(hashes, dict):
+        raise error(f"{origin}: hashes must be a mapping of input → sha256, got {type(hashes).__name__}")
+    if len(hashes) > HARD.hashes:
+        raise error(f"{origin}: hashes has {len(hashes)} entries; at most {HARD.hashes}")
+    for k, v in hashes.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise error(f"{origin}: hashes: every entry is text → text (input → sha256), got "
+                        f"{type(k).__name__} → {type(v).__name__}")
+        if len(k) > HARD.hash_key or len(v) > HARD.hash_value:
+            raise error(f"{origin}: hashes: an entry is longer than {HARD.hash_key} / {HARD.hash_value} characters")
+    return dict(hashes)
 
 
 # --- hashing -------------------------------------------------------------------------------------------

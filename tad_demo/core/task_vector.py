@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Union
@@ -27,21 +26,12 @@ import torch
 
 from .checkpoints import load_weights, read_safetensors
 from .errors import TaskVectorError
+from .scopes import SCOPES, scope_matcher
 
 log = logging.getLogger(__name__)
 
 StateDict = Mapping[str, torch.Tensor]
 Source = Union[str, Path, StateDict]
-
-# Named scopes: a component or a key pattern (regular expression searched in each key).
-SCOPES: dict[str, str] = {
-    "unet": r"^unet\.",
-    "text_encoder": r"^text_encoder\.",
-    "cross_attn_kv": r"attn2\.to_[kv]\.",       # what Kumari et al. fine-tune ("kv" mode)
-    "cross_attn": r"attn2\.",
-    "self_attn": r"attn1\.",
-}
-
 
 def _is_float(t: torch.Tensor) -> bool:
     return t.is_floating_point()
@@ -174,14 +164,10 @@ class TaskVector:
 
     # --- scopes ----------------------------------------------------------------------------------------
     def restrict(self, scope: str) -> TaskVector:
-        """Keep keys matching a named scope (``SCOPES``) or a regular expression."""
-        pattern = SCOPES.get(scope, scope)
-        try:
-            rx = re.compile(pattern)
-        except re.error as e:
-            raise TaskVectorError(f"scope {scope!r} is neither a known scope ({', '.join(SCOPES)}) nor a valid "
-                                  f"regular expression: {e}") from None
-        return TaskVector({k: v for k, v in self.deltas.items() if rx.search(k)})
+        """Keep keys matching a named scope (``SCOPES``) or a checked, time-bounded regular expression
+        (``core/scopes.py``)."""
+        matches = scope_matcher(scope)
+        return TaskVector({k: v for k, v in self.deltas.items() if matches(k)})
 
     def component(self, name: str) -> TaskVector:
         """The part of the vector on one component, with the ``name.`` prefix removed from its keys."""

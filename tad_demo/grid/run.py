@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
 Images = dict[tuple[tuple, str], list[Image.Image]]  # (weight key, control kind) → one image per seed
+# Finished cells, as soon as their pipeline call ends: (control kind, row, col, one image per seed) each.
+FinishedFn = Callable[[list[tuple[str, int, int, list[Image.Image]]]], None]
 
 
 class Reporter:
@@ -58,7 +60,8 @@ class Reporter:
 
 
 def run_grid(spec: GridSpec, *, models: Models | None = None, progress: ProgressFn | None = None,
-             cancel: CancelFn | None = None, batch_size: int = 16, hashes: bool = True) -> GridResult:
+             cancel: CancelFn | None = None, batch_size: int = 16, hashes: bool = True,
+             on_cells: FinishedFn | None = None) -> GridResult:
     """Generate and score the grid of ``spec`` (the spec is validated before anything loads).
 
     1. load: the base pipeline, ControlNet pipelines built on its components, CLIP; then τ of each checkpoint
@@ -67,6 +70,9 @@ def run_grid(spec: GridSpec, *, models: Models | None = None, progress: Progress
     3. denoise: for each call, patch its weights (restored after each, also on errors/cancel) and sample;
     4. metrics: CLIP score / accuracy per image, target vs anchor;
     5. results: cells with their recipes, labelled grid images.
+
+    ``on_cells`` (optional) gets the cells of each pipeline call as soon as it ends (to show them while the rest
+    of the grid is generated); it is called from this thread, under the model lock, so it must be quick.
     """
     spec.validate()
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -91,7 +97,7 @@ def run_grid(spec: GridSpec, *, models: Models | None = None, progress: Progress
                  len(plan.cells), len(spec.controls), len(spec.seeds), len(plan.calls), plan.total_steps)
         # 3. denoise
         with _timed(timings, "denoising"):
-            images = _denoise(plan, vectors, pipes, conditions, models, report, batch_size)
+            images = _denoise(plan, vectors, pipes, conditions, models, report, batch_size, on_cells)
         # 4. metrics
         with _timed(timings, "scoring"):
             cells = _cells(plan, images)
@@ -154,7 +160,7 @@ def _hashed(spec: GridSpec) -> GridSpec:
 
 
 def _denoise(plan: GridPlan, vectors: Mapping[str, Any], pipes: Mapping[str, Any], conditions: Mapping[str, Any],
-             models: Models, report: Reporter, batch_size: int) -> Images:
+             models: Models, report: Reporter, batch_size: int, on_cells: FinishedFn | None = None) -> Images:
     """Every pipeline call of the plan under its weights: all its controls × all seeds in one sample() call."""
     spec, n_seeds, total = plan.spec, len(plan.spec.seeds), plan.total_steps
     images: Images = {}
@@ -184,6 +190,9 @@ def _denoise(plan: GridPlan, vectors: Mapping[str, Any], pipes: Mapping[str, Any
                          callback=on_step, **kwargs)
         for g, ctl in enumerate(call.controls):
             images[(call.weights, ctl.kind)] = out[g * n_seeds:(g + 1) * n_seeds]
+        if on_cells is not None:
+            on_cells([(ctl.kind, r, c, images[(call.weights, ctl.kind)]) for ctl in call.controls
+                      for r, c in plan.groups[call.weights]])
     return images
 
 

@@ -24,10 +24,12 @@ from typing import Any
 import yaml
 from PIL import Image
 
-from ..core.errors import ControlError, GridError, WorldError
+from ..core.errors import ControlError, GridError, TadError, WorldError
 from ..core.limits import HARD
 from ..core.merge_methods import get_method
-from ..core.recipe import VECTOR_KINDS, sha256_path
+from ..core.recipe import VECTOR_KINDS, check_hashes, sha256_path
+from ..core.safe_yaml import load_yaml
+from ..core.scopes import check_scope
 from ..core.world import SLOTS, Concept, World, default_world
 from ..runtime.control import CONTROL_KINDS, RESIZE_MODES, example_condition
 
@@ -129,6 +131,12 @@ class GridSpec:
         self._validate_sampling()
         if self.clip is not None and (not isinstance(self.clip, str) or not self.clip):
             raise GridError("clip: a CLIP model spec (folder, NAME/PRETRAINED or NAME:FILE) or None for no metrics")
+        if self.scope is not None:
+            try:
+                check_scope(self.scope)
+            except TadError as e:
+                raise GridError(str(e)) from None
+        check_hashes(self.hashes, "grid", GridError)
         return self
 
     def _validate_vectors(self) -> None:
@@ -143,6 +151,9 @@ class GridSpec:
                 if not isinstance(getattr(concept, f), str) or not getattr(concept, f).strip():
                     raise GridError(f"{axis}.{f} is empty; every axis concept needs a name, an anchor and a "
                                     "checkpoint source")
+            for f in ("name", "anchor"):
+                if len(getattr(concept, f)) > HARD.name:
+                    raise GridError(f"{axis}.{f} is {len(getattr(concept, f))} characters; at most {HARD.name}")
             if concept.format not in VECTOR_KINDS:
                 raise GridError(f"{axis}.kind {concept.format!r} is not one of {', '.join(VECTOR_KINDS)}")
             if not lams or len(lams) > HARD.axis:
@@ -154,6 +165,8 @@ class GridSpec:
         for i, e in enumerate(self.extra):
             if not isinstance(e, ExtraVector) or not e.name or not e.source:
                 raise GridError(f"extra[{i}]: needs a name and a source")
+            if len(e.name) > HARD.name:
+                raise GridError(f"extra[{i}].name is {len(e.name)} characters; at most {HARD.name}")
             if e.format not in VECTOR_KINDS:
                 raise GridError(f"extra[{i}] ({e.name}).kind {e.format!r} is not one of {', '.join(VECTOR_KINDS)}")
             if not _finite(e.lam) or abs(e.lam) > lam_max:
@@ -170,11 +183,18 @@ class GridSpec:
     def _validate_template(self) -> None:
         if not isinstance(self.prompt_template, str) or not self.prompt_template.strip():
             raise GridError("prompt_template is empty; write a prompt (slots {object} and {style} are optional)")
+        if len(self.prompt_template) > HARD.template:
+            raise GridError(f"prompt_template is {len(self.prompt_template)} characters; at most {HARD.template}")
         try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(self.prompt_template) if f is not None]
+            parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(self.prompt_template)
+                      if f is not None]
         except ValueError as e:
             raise GridError(f"prompt_template: {e} (write literal braces as {{{{ and }}}})") from None
-        for f in fields:
+        for f, spec, conv in parsed:
+            if spec or conv:  # {object:>10000000} would pad the prompt to ten million characters
+                raise GridError(f"prompt_template: write the slot as {{{f}}}, without a format or conversion "
+                                f"({{{f}{'!' + conv if conv else ''}{':' + spec if spec else ''}}})")
+        for f, _, _ in parsed:
             if f not in SLOTS:
                 raise GridError(f"prompt_template: unknown slot {{{f}}}; the slots are {{object}} and {{style}}")
             if getattr(self, f) is None:
@@ -287,30 +307,32 @@ class GridSpec:
                 raise GridError(f"{origin}: {key} needs name, anchor and source")
             return Concept(str(c["name"]), key, str(c["anchor"]), str(c["source"]), str(c.get("kind", "ablation")))
 
-        merge = d.get("merge") or {}
+        merge = _typed(d, "merge", Mapping, origin) or {}
+        params = _typed(merge, "params", Mapping, origin, "merge.params") or {}
+        extra_items = _typed(d, "extra", list, origin) or []
+        for i, e in enumerate(extra_items):
+            if not isinstance(e, Mapping) or "source" not in e:
+                raise GridError(f"{origin}: extra[{i}] needs a mapping with at least 'source'")
         extra = [ExtraVector(str(e.get("name") or Path(str(e["source"])).stem), str(e["source"]),
-                             e.get("lambda", 1.0), str(e.get("kind", "ablation"))) for e in d.get("extra") or []]
+                             e.get("lambda", 1.0), str(e.get("kind", "ablation"))) for e in extra_items]
         defaults = cls(base="x")
+        lambdas = {k: tuple(_typed(d, k, list, origin) or getattr(defaults, k))
+                   for k in ("object_lambdas", "style_lambdas")}
         spec = cls(
-            base=str(d.get("base") or ""), object=concept("object"), style=concept("style"),
-            object_lambdas=tuple(d.get("object_lambdas") or defaults.object_lambdas),
-            style_lambdas=tuple(d.get("style_lambdas") or defaults.style_lambdas),
-            extra=extra, merge=str(merge.get("method", "linear")), merge_params=dict(merge.get("params") or {}),
+            base=str(d.get("base") or ""), object=concept("object"), style=concept("style"), **lambdas,
+            extra=extra, merge=str(merge.get("method", "linear")), merge_params=dict(params),
             scope=d.get("scope"), controls=_controls_from(d, base_dir, origin),
             control_resize=d.get("control_resize", "resize"),
             prompt_template=d.get("prompt_template", defaults.prompt_template),
-            seeds=list(d.get("seeds") or defaults.seeds), steps=d.get("steps", defaults.steps),
+            seeds=list(_typed(d, "seeds", list, origin) or defaults.seeds), steps=d.get("steps", defaults.steps),
             guidance=d.get("guidance", defaults.guidance), height=d.get("height", defaults.height),
-            width=d.get("width", defaults.width), clip=d.get("clip"), hashes=dict(d.get("hashes") or {}))
+            width=d.get("width", defaults.width), clip=d.get("clip"),
+            hashes=check_hashes(d.get("hashes"), origin, GridError))
         return spec.validate()
 
     @classmethod
     def from_yaml(cls, text: str, base_dir: str | Path | None = None, origin: str = "grid") -> GridSpec:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise GridError(f"{origin}: not valid YAML ({str(e).splitlines()[0]})") from None
-        return cls.from_dict(data, base_dir, origin)
+        return cls.from_dict(load_yaml(text, origin, error=GridError), base_dir, origin)
 
     @classmethod
     def load(cls, path: str | Path) -> GridSpec:
@@ -342,9 +364,18 @@ class GridSpec:
         return replace(self, hashes=hashes)
 
 
+def _typed(d: Mapping[str, Any], key: str, kind: type, origin: str, name: str | None = None) -> Any:
+    """``d[key]`` when it is None/absent or of ``kind`` (a mapping, a list); a one-line GridError otherwise."""
+    v = d.get(key)
+    if v is not None and not isinstance(v, kind):
+        noun = "a mapping" if kind is Mapping else "a list"
+        raise GridError(f"{origin}: {name or key} must be {noun}, got {type(v).__name__}")
+    return v
+
+
 def _controls_from(d: Mapping[str, Any], base_dir: str | Path | None, origin: str) -> list[ControlSpec]:
     controls = []
-    for i, c in enumerate(d.get("controls") or [{"kind": "none"}]):
+    for i, c in enumerate(_typed(d, "controls", list, origin) or [{"kind": "none"}]):
         if not isinstance(c, Mapping) or "kind" not in c:
             raise GridError(f"{origin}: controls[{i}] needs a kind")
         img, path = None, c.get("image")
@@ -352,11 +383,24 @@ def _controls_from(d: Mapping[str, Any], base_dir: str | Path | None, origin: st
             p = Path(path) if Path(path).is_absolute() or base_dir is None else Path(base_dir) / path
             if not p.is_file():
                 raise GridError(f"{origin}: controls[{i}] condition image {str(p)!r} not found")
-            with Image.open(p) as im:
-                img = im.convert("RGB")
+            img = _condition_image(p, f"{origin}: controls[{i}] condition image")
         controls.append(ControlSpec(kind=str(c["kind"]), image=img, model=c.get("model"), scale=c.get("scale", 1.0),
                                     image_path=path))
     return controls
+
+
+def _condition_image(path: Path, what: str) -> Image.Image:
+    """An RGB image from a file, refused (one line) when it is not an image or larger than
+    ``HARD.condition_side`` on a side — checked from the header, before any pixel is decoded."""
+    try:
+        with Image.open(path) as im:
+            if max(im.size) > HARD.condition_side:
+                raise GridError(f"{what} is {im.size[0]}×{im.size[1]} px; at most {HARD.condition_side} px a side")
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, GridError):
+            raise
+        raise GridError(f"{what} is not a readable image ({type(e).__name__})") from None
 
 
 # --- the default spec of a world folder ------------------------------------------------------------------------

@@ -226,12 +226,17 @@ class Models:
             self._vectors.clear()
             _free_memory()
 
-    def describe(self) -> dict[str, Any]:
-        """What is loaded (for a status line in the UI)."""
-        with self.lock:
+    def describe(self, wait: bool = True) -> dict[str, Any] | None:
+        """What is loaded (for a status line in the UI); None when ``wait`` is false and a run holds the lock (a
+        page load must not wait for a grid)."""
+        if not self.lock.acquire(blocking=wait):
+            return None
+        try:
             return {"base": self.base, "device": str(self.device), "controlnets": [k[0] for k in self._cn_pipes],
                     "clip": list(self._clips), "vectors": len(self._vectors),
                     "patch_backup_mib": (self.patcher.backup_bytes / 2**20) if self.patcher else 0.0}
+        finally:
+            self.lock.release()
 
 
 def _as_tuple(v: Any) -> tuple:

@@ -2,7 +2,7 @@
 Hub ids stay ids. Every number is checked against the settings' caps and refused with a one-line message
 naming the field (an API client can bypass every widget).
 
-    spec, normalized = RequestBuilder(settings, choices, sources, conditions).build(GridRequest(steps=4))
+    spec, normalized = RequestBuilder(settings, choices, sources, conditions, budget=12).build(GridRequest(steps=4))
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ...core.limits import HARD
 from ...core.merge_methods import get_method
 from ...core.world import Concept
 from ...grid import ControlSpec, ExtraVector, GridSpec
@@ -17,18 +18,28 @@ from ...runtime.control import CONTROL_KINDS, RESIZE_MODES
 from ..errors import UserError
 from ..request import TOY, GridRequest
 from ..settings import Settings
-from ..validation import check_template, ordered_subset, parse_int, parse_lambda, parse_number, parse_seeds, parse_side
+from ..validation import (
+    check_template,
+    ordered_subset,
+    parse_axis,
+    parse_int,
+    parse_lambda,
+    parse_number,
+    parse_seeds,
+    parse_side,
+)
+from .caps import check_caps
 from .choices import Choices
 from .conditions import Conditions
 from .guard import guard
 from .sources import CUSTOM, Sources
 
-LAMBDA_FIELDS = ("object_ablate", "object_enhance", "style_ablate", "style_enhance")
-
 
 class RequestBuilder:
-    def __init__(self, settings: Settings, choices: Choices, sources: Sources, conditions: Conditions):
+    def __init__(self, settings: Settings, choices: Choices, sources: Sources, conditions: Conditions,
+                 budget: float):
         self.settings, self.choices, self.sources, self.conditions = settings, choices, sources, conditions
+        self.budget = budget  # megapixel-steps of one grid on this app's device (Settings.budget)
 
     def build(self, req: GridRequest) -> tuple[GridSpec, dict[str, Any]]:
         """Validate a request into a GridSpec and its normalized form (see the module docstring)."""
@@ -38,7 +49,8 @@ class RequestBuilder:
         # 1. concepts on the axes and the extra vectors
         obj = self.concept(d["object"] if req.object is None else req.object, "object", base_id)
         sty = self.concept(d["style"] if req.style is None else req.style, "style", base_id)
-        lam = {k: parse_lambda(getattr(req, k), k.replace("_", " ") + " λ", s.max_lambda) for k in LAMBDA_FIELDS}
+        lam = {f"{axis}_lambdas": parse_axis(getattr(req, f"{axis}_lambdas"), f"{axis} λ", HARD.axis, s.max_lambda)
+               for axis in ("object", "style")}
         extras = self._extras(req, base_id)
         # 2. sampling numbers
         seeds = parse_seeds(req.seeds, s.max_seeds, s.max_seed)
@@ -57,27 +69,24 @@ class RequestBuilder:
         if req.resize_mode not in RESIZE_MODES:
             raise UserError(f"resize mode {req.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
         controls = [self._control(k, req, base_id, family, width, height, scale) for k in kinds]
-        # 5. size of the grid, CLIP
-        n_images = 3 ** (obj is not None) * 3 ** (sty is not None) * len(seeds) * len(kinds)
-        if n_images > s.max_images:
-            raise UserError(f"the grid asks for {n_images} images (cells × seeds × controls); the limit here is "
-                            f"{s.max_images} (TAD_MAX_IMAGES): use fewer seeds or controls")
+        # 5. CLIP (the grid's size and cost are checked with every other cap in check_caps)
         clip = self.choices.clip_for(family) if req.clip_metrics else None
         spec = GridSpec(base=base_source, object=obj, style=sty,
-                        object_lambdas=(lam["object_ablate"], 0.0, lam["object_enhance"]),
-                        style_lambdas=(lam["style_ablate"], 0.0, lam["style_enhance"]), extra=extras,
+                        object_lambdas=lam["object_lambdas"], style_lambdas=lam["style_lambdas"], extra=extras,
                         merge=method, merge_params=params, controls=controls, control_resize=req.resize_mode,
                         prompt_template=template, seeds=seeds, steps=steps, guidance=guidance, height=height,
                         width=width, clip=clip)
         with guard("validation"):
             spec.validate()
+        check_caps(spec, s, budget=self.budget)
         normalized = {
             "base": base_id, "object": obj.name if obj else "", "style": sty.name if sty else "",
             "sources": [self.portable(c.source) for c in (obj, sty, *extras) if c],
             "controls": kinds, "condition": self.conditions.key(req, kinds), "conditioning_scale": scale,
             "resize_mode": req.resize_mode, "controlnets": [self.portable(c.model) for c in controls if c.model],
             "prompt_template": template, "seeds": seeds, "steps": steps, "guidance": guidance, "height": height,
-            "width": width, **lam, "extra": [[e.name, e.lam] for e in extras], "merge_method": method,
+            "width": width, **{k: list(v) for k, v in lam.items()}, "extra": [[e.name, e.lam] for e in extras],
+            "merge_method": method,
             "merge_params": params, "clip": self.portable(clip) if clip else None,
         }
         return spec, normalized
@@ -150,7 +159,11 @@ class RequestBuilder:
         except ValueError as e:
             raise UserError(f"merge method: {e}") from None
         known = {p.name for p in method.params}
-        params = {k: v for k, v in (req.merge_params or {}).items() if k in known}  # the UI sends every widget
+        given = req.merge_params or {}
+        if not isinstance(given, dict):
+            raise UserError(f"merge_params: expected a mapping of parameter → value (e.g. {{\"density\": 0.2}}), got "
+                            f"{type(given).__name__}")
+        params = {k: v for k, v in given.items() if k in known}  # the UI sends every widget
         try:
             method.validate(params)
         except ValueError as e:

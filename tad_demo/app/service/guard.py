@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 
 from ...core.errors import Cancelled, TadError
@@ -17,6 +18,13 @@ log = logging.getLogger("tad_demo.app")
 
 # Refusals the user can act on: every library error, and a file that is not there.
 LIBRARY_ERRORS: tuple[type[BaseException], ...] = (TadError, FileNotFoundError)
+# An absolute path in a library's message: only its last part is shown (the server's folders are nobody's business).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])(?:[A-Za-z]:)?[/\\](?:[^\s'\"`()<>:;,/\\]+[/\\])+(?=[^\s'\"`()<>:;,/\\])")
+
+
+def redact(message: object) -> str:
+    """The message with every absolute path shortened to its file name (``…/name.ckpt``)."""
+    return _ABSOLUTE_PATH.sub("…/", str(message))
 
 
 @contextlib.contextmanager
@@ -33,8 +41,8 @@ def guard(what: str, *, name_it: bool = False,
         raise RunCancelled(e) from None
     except refusals as e:
         log.info("%s refused: %s: %s", what, type(e).__name__, e)
-        raise UserError(f"{what}: {e}" if name_it else e) from None
+        raise UserError(redact(f"{what}: {e}" if name_it else e)) from None
     except Exception as e:  # noqa: BLE001 - the app must keep serving whatever a model library raises
         log.exception("%s failed", what)
         text = str(e).strip().splitlines()
-        raise InternalError(f"{what} failed: {type(e).__name__}: {text[0] if text else ''}") from None
+        raise InternalError(redact(f"{what} failed: {type(e).__name__}: {text[0] if text else ''}")) from None

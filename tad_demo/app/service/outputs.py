@@ -36,8 +36,9 @@ def outputs(run_dir: Path, cached: bool = False) -> dict[str, Any]:
     status = f"**{len(controls)} grid(s), {len(rows)} image(s)**{how} · prompt “{prompt}” · seeds {seeds}"
     return {"grids": grids, "gallery": gallery, "table": summary_table(rows, spec), "metrics_note": metrics_note(spec),
             "files": {"grid": str(run_dir / "grid.png"), "zip": str(run_dir / "cells.zip"),
-                      "csv": str(run_dir / "metrics.csv"), "recipe": str(run_dir / "recipe.yaml")},
-            "status": status, "controls": controls}
+                      "csv": str(run_dir / "metrics.csv"), "recipe": str(run_dir / "recipe.yaml"),
+                      "handout": str(run_dir / "handout.html") if (run_dir / "handout.html").is_file() else None},
+            "status": status, "controls": controls, "run_id": run_dir.name}
 
 
 def summary_table(rows: Sequence[Mapping[str, Any]], spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,21 +12,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import threading
 import time
 import uuid
 import zipfile
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ...grid import GridSpec, run_grid, save
+from ...grid.run import FinishedFn
 from ...runtime.models import Models
 from ..settings import Settings
 from .guard import guard
+from .handout import write_handout
 from .sources import Sources
 
+log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, int, int], None]
 
 
@@ -58,6 +63,8 @@ class Runs:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+        self.warm = threading.Event()  # set once the warm start has loaded and traced the default grid's models
+        self.warm.set()                # (nothing to wait for until warm_up starts)
 
     # --- cancel flags --------------------------------------------------------------------------------------
     def begin(self, session: str) -> threading.Event:
@@ -81,24 +88,53 @@ class Runs:
         ev.set()
         return True
 
+    # --- warm start ----------------------------------------------------------------------------------------
+    def warm_up(self, spec: GridSpec) -> None:
+        """Load and trace what ``spec`` needs (base, ControlNets, CLIP, vectors) by running it at one denoising
+        step, without writing anything; a grid clicked meanwhile waits for the model lock. Never raises (a failed
+        warm start only means the first grid loads the models itself)."""
+        self.warm.clear()
+        t0 = time.perf_counter()
+        try:
+            with guard("warm start"):
+                run_grid(replace(spec, steps=1), models=self.models, hashes=False)
+            log.info("warm start: models loaded and traced in %.1f s", time.perf_counter() - t0)
+        except Exception as e:  # noqa: BLE001 - the app serves without a warm start
+            log.warning("warm start failed (the first grid will load the models): %s", e)
+        finally:
+            self.warm.set()
+
     # --- running -------------------------------------------------------------------------------------------
     def compute(self, normalized: Mapping[str, Any], spec: GridSpec, *, progress: ProgressFn | None = None,
-                cancel: Callable[[], bool] | None = None, out_dir: Path | None = None) -> Path:
-        """Run the grid and write its folder (grid PNGs with the recipe in a text chunk, cells, CSV, YAML, zip)."""
+                cancel: Callable[[], bool] | None = None, out_dir: Path | None = None,
+                on_cells: FinishedFn | None = None) -> Path:
+        """Run the grid and write its folder (grid PNGs with the recipe in a text chunk, cells, CSV, YAML, zip).
+        A run that fails while writing leaves no folder behind."""
         if progress:
-            progress("loading", 0, 1)
+            progress("loading" if self.warm.is_set() else "waiting for the warm start (loading and tracing the "
+                     "model)", 0, 1)
         with guard("grid"):
             spec = self.sources.materialize(spec)
-            result = run_grid(spec, models=self.models, progress=progress, cancel=cancel)
+            result = run_grid(spec, models=self.models, progress=progress, cancel=cancel, on_cells=on_cells)
         if progress:
             progress("saving", 0, 1)
         out = out_dir or new_run_dir(self.runs_dir, self.settings)
+        try:
+            with guard("saving the grid"):
+                self._write(out, normalized, result)
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        return out
+
+    @staticmethod
+    def _write(out: Path, normalized: Mapping[str, Any], result: Any) -> None:
         # The grid PNGs carry the run's recipe (tad_grid, written by save) and the request that made it.
         save(result, out, grid_text={"tad_request": json.dumps(normalized, sort_keys=True)})
         (out / "request.json").write_text(json.dumps({"key": request_key(normalized), "request": normalized,
                                                       "timings": result.timings}, indent=1, default=str))
+        write_handout(out)
         with zipfile.ZipFile(out / "cells.zip", "w", zipfile.ZIP_DEFLATED) as z:
             for f in sorted(out.rglob("*")):
-                if f.is_file() and f.name != "cells.zip":
+                if f.is_file() and f.name not in ("cells.zip", "handout.html"):
                     z.write(f, f.relative_to(out))
-        return out

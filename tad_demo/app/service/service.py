@@ -1,7 +1,7 @@
 """The grid service: widget values → validated GridSpec → grid run → the files the UI and the API return.
 
     service = Service(Settings.from_env())
-    spec, normalized = service.build(GridRequest(object_ablate=0.5, steps=4))  # validation only (cheap)
+    spec, normalized = service.build(GridRequest(object_lambdas="0.5, 0, -1", steps=4))  # validation only (cheap)
     run_dir = service.compute(normalized, spec, progress=print)                # the heavy part → a run folder
     outputs = service.outputs(run_dir)                                          # what the UI/API shows
 
@@ -17,34 +17,46 @@ turns them into ``gr.Error``. The parts, one job each:
     examples.py    the precomputed / lazily cached examples
     outputs.py     a run folder → grids, gallery, metrics table, downloads, status
     recipes.py     reproducing an uploaded recipe
+    caps.py        the app's caps on a grid (the one check of the form, the API and recipes)
+    stream.py      a running grid's finished cells, for the UI to show as they come
+    history.py     a session's runs: history entries, compare, back into the inputs
+    handout.py     the printable one-page HTML of a run
+    share.py       share links: a run's values as a query string, and back
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ...core.limits import HARD
 from ...core.merge_methods import describe as describe_merge_methods
 from ...grid import GridSpec
 from ...runtime.control import CONTROL_KINDS, RESIZE_MODES
 from ...runtime.metrics import FORMULA, SCORE_SCALE
 from ...runtime.models import Models
 from ..catalog import BaseEntry, Catalog, app_world
-from ..errors import UserError
+from ..errors import ServiceError, UserError
 from ..request import TOY, GridRequest
 from ..settings import Settings
 from . import outputs as run_outputs
+from . import share
 from .build import RequestBuilder
 from .choices import Choices
 from .conditions import CONDITION_SOURCES, Conditions
 from .examples import Examples
 from .guard import guard
+from .history import History
 from .recipes import Recipes
 from .runs import Runs
 from .sources import CHECKPOINT_SUFFIXES, Sources, short
+from .stream import PartialGrid
+
+log = logging.getLogger(__name__)
 
 
 class Service:
@@ -60,10 +72,12 @@ class Service:
         self.choices = Choices(self.catalog, self.world)
         self.sources = Sources(settings)
         self.conditions = Conditions(self.world)
-        self.builder = RequestBuilder(settings, self.choices, self.sources, self.conditions)
+        self.budget = settings.budget(str(self.models.device))
+        self.builder = RequestBuilder(settings, self.choices, self.sources, self.conditions, self.budget)
         self.runs = Runs(settings, self.models, self.sources)
         self.examples = Examples(settings, self.world, self.choices.defaults_for(TOY), self.build)
-        self.recipes = Recipes(settings, self.choices, self.sources)
+        self.recipes = Recipes(settings, self.choices, self.sources, self.budget)
+        self.history = History(self.runs.runs_dir, settings.max_runs)
         try:  # Hugging Face ZeroGPU: the heavy call gets a GPU for its duration; elsewhere `spaces` is absent
             import spaces
 
@@ -94,6 +108,7 @@ class Service:
             "limits": {"max_steps": s.max_steps, "max_side": s.max_side, "min_side": s.min_side,
                        "max_seeds": s.max_seeds, "max_images": s.max_images, "max_lambda": s.max_lambda,
                        "max_extra": s.max_extra, "max_guidance": s.max_guidance, "max_scale": s.max_scale,
+                       "max_axis": HARD.axis, "budget": self.budget,
                        "max_upload_mb": s.max_upload_mb},
             "upload_types": [".safetensors"] if s.hosted else list(CHECKPOINT_SUFFIXES),
             "formula": FORMULA, "score_scale": SCORE_SCALE, "concept_page": self.catalog.concept_page,
@@ -105,8 +120,27 @@ class Service:
         n = max(1, len([x for x in str(current or "").replace(";", ",").split(",") if x.strip()]))
         return ", ".join(str(random.randrange(0, 2**31)) for _ in range(n))
 
+    def start_warm_up(self) -> threading.Thread | None:
+        """Load and trace the default grid's models in the background (the app's default base: the toy world, else
+        the catalog's first model), so the first grid runs as fast as the next ones; a grid clicked meanwhile
+        waits. None when the default grid cannot be built here (e.g. its checkpoints are not on this machine)."""
+        try:
+            spec, _ = self.build(GridRequest(base=self.choices.default_base()))
+        except ServiceError as e:
+            log.warning("no warm start: %s", e)
+            return None
+        self.runs.warm.clear()
+        t = threading.Thread(target=self.runs.warm_up, args=(spec,), name="tad-warm-start", daemon=True)
+        t.start()
+        return t
+
     def status(self) -> str:
-        d = self.models.describe()
+        """One line on what is loaded; never waits for a running grid (page loads call it)."""
+        if not self.runs.warm.is_set():
+            return "Warming up: loading and tracing the model in the background (a grid clicked now waits for it)."
+        d = self.models.describe(wait=False)
+        if d is None:
+            return "A grid is running; models are loaded."
         if not d["base"]:
             return "No model loaded yet (the first run loads it)."
         return (f"Loaded: {short(d['base'])} on {d['device']}, {len(d['controlnets'])} ControlNet(s), "
@@ -154,14 +188,46 @@ class Service:
 
     def compute(self, normalized: Mapping[str, Any], spec: GridSpec, *,
                 progress: Callable[[str, int, int], None] | None = None,
-                cancel: Callable[[], bool] | None = None, out_dir: Path | None = None) -> Path:
-        """Run the grid and write its folder (see runs.py)."""
-        return self.runs.compute(normalized, spec, progress=progress, cancel=cancel, out_dir=out_dir)
+                cancel: Callable[[], bool] | None = None, out_dir: Path | None = None,
+                on_cells: Callable[[list], None] | None = None) -> Path:
+        """Run the grid and write its folder (see runs.py); ``on_cells`` gets each call's finished cells."""
+        return self.runs.compute(normalized, spec, progress=progress, cancel=cancel, out_dir=out_dir,
+                                 on_cells=on_cells)
+
+    @staticmethod
+    def partial(spec: GridSpec) -> PartialGrid:
+        """An empty view of a running grid, filled with the cells ``compute`` reports (``on_cells``)."""
+        return PartialGrid(spec)
 
     def outputs(self, run_dir: Path, cached: bool = False) -> dict[str, Any]:
         """What the UI and the API show for a run folder (fresh or cached)."""
         with guard("showing the result"):
             return run_outputs.outputs(run_dir, cached)
+
+    # --- history and compare -------------------------------------------------------------------------------
+    def history_entry(self, run_id: str) -> dict[str, str]:
+        """Thumbnail and summary of one of this app's runs (for a session's history gallery)."""
+        with guard("history"):
+            return self.history.entry(self.history.find(run_id))
+
+    def compare_runs(self, a: str, b: str) -> dict[str, Any]:
+        """Two runs side by side with per-cell metric deltas (B − A, same seeds)."""
+        with guard("comparing runs"):
+            return self.history.compare(a, b)
+
+    def run_fields(self, run_id: str) -> dict[str, Any]:
+        """Request field values that show a run in the inputs."""
+        with guard("loading the run"):
+            return self.history.fields(run_id)
+
+    def share_query(self, run_id: str) -> str:
+        """The query string of a share link that reproduces a run's grid."""
+        return share.share_query(self.run_fields(run_id))
+
+    @staticmethod
+    def fields_from_query(params: Mapping[str, str]) -> dict[str, Any]:
+        """Request field values from a share link's query parameters (checked when the grid runs)."""
+        return share.fields_from_query(params)
 
     # --- examples and recipes ------------------------------------------------------------------------------
     @property

@@ -21,7 +21,8 @@ from typing import Any
 import gradio as gr
 
 from ..request import EXAMPLE_FIELDS, RECIPE_FIELDS, REQUEST_FIELDS
-from .handlers import Handlers
+from .components import Image, Number, Slider
+from .handlers import QUERY_JS, STATES, Handlers
 from .research import create_research
 from .theme import CSS, theme
 
@@ -46,6 +47,11 @@ def create_demo(service: Any, research: Any = None) -> gr.Blocks:
     with gr.Blocks(title="TAD Concept Grid", delete_cache=(ttl, ttl)) as demo:
         custom = gr.State({"bases": [], "concepts": []})   # this browser session's added models
         shown = gr.State(["none"])                         # controls of the result on screen (tabs)
+        last_run = gr.State(None)                          # id of the run on screen
+        history = gr.State([])                             # this session's run ids, oldest first
+        # a new value when a share link's grid should run (a hidden Textbox: a State updated by a load event does
+        # not fire its change event)
+        shared = gr.Textbox(visible=False)
         gr.Markdown("# TAD Concept Grid\nTask arithmetic on diffusion models: rows edit the **object**, columns the "
                     "**style** — λ>0 ablates, 0 is the base model, λ<0 enhances. Same seed in every cell.",
                     elem_classes="tad-title")
@@ -60,19 +66,40 @@ def create_demo(service: Any, research: Any = None) -> gr.Blocks:
                 with gr.Tab("Research", id="research"):
                     create_research(research, GPU, CHEAP)
 
-        grid_outputs = [o[name] for name in h.outputs[:-1]] + [shown]
+        states = {"shown_controls": shown, "last_run": last_run}
+        grid_outputs = [states[name] if name in STATES else o[name] for name in h.outputs]
         tabs_out = [o[f"tab_{k}"] for k in h.kinds] + [o["tabs"]]
         # 1. the heavy events: one queue, one at a time
-        progress_on = [o[f"grid_{k}"] for k in h.kinds]  # the progress bar sits on the grid, not everywhere
+        # the progress sits on the grid, minimal: the cells streaming into the grid stay visible under it
+        progress_on = [o[f"grid_{k}"] for k in h.kinds]
         run = w["run"].click(h.grid, inputs_kwargs={k: w[k] for k in REQUEST_FIELDS}, outputs=grid_outputs,
-                             api_name="grid", show_progress_on=progress_on, **GPU)
+                             api_name="grid", show_progress_on=progress_on, show_progress="minimal", **GPU)
         rep = w["reproduce"].click(h.reproduce, inputs=[w["recipe"]], outputs=grid_outputs, api_name="reproduce",
-                                   show_progress_on=progress_on, **GPU)
+                                   show_progress_on=progress_on, show_progress="minimal", **GPU)
+        history_out = [history, o["history"], o["run_a"], o["run_b"]]
         for event in (run, rep):
             event.then(h.show_tabs, inputs=shown, outputs=tabs_out, **CHEAP).then(h.status, outputs=w["loaded"],
                                                                                    **CHEAP)
+            event.then(h.remember_run, inputs=[history, last_run], outputs=history_out, **CHEAP)
+            event.then(h.share_link, inputs=last_run, outputs=o["share"], **CHEAP)
+        # a share link (?object_lambdas=…&seeds=…): its values fill the inputs, then its grid runs
+        query = gr.JSON({}, visible=False)
+        demo.load(h.from_query, inputs=query, outputs=[w[f] for f in EXAMPLE_FIELDS] + [shared], js=QUERY_JS,
+                  **CHEAP)
+        from_link = shared.change(h.grid, inputs_kwargs={k: w[k] for k in REQUEST_FIELDS}, outputs=grid_outputs,
+                                  show_progress_on=progress_on, show_progress="minimal", api_visibility="private",
+                                  **GPU)
+        from_link.then(h.show_tabs, inputs=shown, outputs=tabs_out, **CHEAP).then(h.status, outputs=w["loaded"],
+                                                                                   **CHEAP)
+        from_link.then(h.remember_run, inputs=[history, last_run], outputs=history_out, **CHEAP)
+        from_link.then(h.share_link, inputs=last_run, outputs=o["share"], **CHEAP)
+        o["compare"].click(h.compare, inputs=[o["run_a"], o["run_b"]],
+                           outputs=[o["cmp_a"], o["cmp_b"], o["cmp_table"], o["cmp_note"]], **CHEAP)
+        o["load_a"].click(h.load_run, inputs=o["run_a"], outputs=[w[f] for f in EXAMPLE_FIELDS] + [o["status"]],
+                          **CHEAP)
         # 2. cancel: our flag stops the worker within a step; `cancels` drops queued/streaming work client-side
-        w["cancel"].click(h.cancel, outputs=o["status"], cancels=[run, rep], queue=False, api_name="cancel")
+        w["cancel"].click(h.cancel, outputs=o["status"], cancels=[run, rep, from_link], queue=False,
+                          api_name="cancel")
         # 3. examples: precomputed outputs load instantly, without the model
         w["examples"].load_input_event.then(h.example, inputs=[w["examples"].dataset], outputs=grid_outputs,
                                             **CHEAP).then(h.show_tabs, inputs=shown, outputs=tabs_out, **CHEAP)
@@ -142,16 +169,16 @@ def _models(cfg: dict[str, Any], w: dict[str, Any]) -> None:
 
 
 def _coefficients(cfg: dict[str, Any], w: dict[str, Any]) -> None:
-    """λ of ablate (> 0) and enhance (< 0) on each axis."""
+    """The λ values of each axis, as lists: λ > 0 ablates, 0 is the base, λ < 0 enhances."""
     lim = cfg["limits"]
-    lam = lim["max_lambda"]
+    lam, n = lim["max_lambda"], lim["max_axis"]
+    info = (f"1–{n} values, comma-separated, each within ±{lam:g} — λ>0 ablates, 0 is the base, λ<0 enhances "
+            f"(grid ≤ {lim['max_images']} images)")
     with gr.Accordion("Coefficients λ", open=True):
-        with gr.Row():
-            w["object_ablate"] = gr.Slider(0, lam, value=1.0, step=0.05, label="Object: ablate λ")
-            w["object_enhance"] = gr.Slider(-lam, 0, value=-1.0, step=0.05, label="Object: enhance λ")
-        with gr.Row():
-            w["style_ablate"] = gr.Slider(0, lam, value=1.0, step=0.05, label="Style: ablate λ")
-            w["style_enhance"] = gr.Slider(-lam, 0, value=-1.0, step=0.05, label="Style: enhance λ")
+        w["object_lambdas"] = gr.Textbox("1, 0, -1", label="Object λ (rows, top to bottom)", info=info,
+                                         elem_id="object-lambdas")
+        w["style_lambdas"] = gr.Textbox("1, 0, -1", label="Style λ (columns, left to right)", info=info,
+                                        elem_id="style-lambdas")
 
 
 def _sampling(cfg: dict[str, Any], w: dict[str, Any]) -> None:
@@ -165,11 +192,11 @@ def _sampling(cfg: dict[str, Any], w: dict[str, Any]) -> None:
             w["seeds"] = gr.Textbox("42", label=f"Seeds (1–{lim['max_seeds']}, comma-separated)", scale=3)
             w["randomize"] = gr.Button("Random", scale=1, min_width=90)
         with gr.Row():
-            w["steps"] = gr.Number(d["steps"], label=f"Steps (1–{lim['max_steps']})", precision=0)
-            w["guidance"] = gr.Number(d["guidance"], label=f"Guidance (0–{lim['max_guidance']:g})", step=0.5)
+            w["steps"] = Number(d["steps"], label=f"Steps (1–{lim['max_steps']})", precision=0)
+            w["guidance"] = Number(d["guidance"], label=f"Guidance (0–{lim['max_guidance']:g})", step=0.5)
         with gr.Row():
-            w["height"] = gr.Number(d["height"], label="Height (px, ×8)", precision=0, step=8)
-            w["width"] = gr.Number(d["width"], label="Width (px, ×8)", precision=0, step=8)
+            w["height"] = Number(d["height"], label="Height (px, ×8)", precision=0, step=8)
+            w["width"] = Number(d["width"], label="Width (px, ×8)", precision=0, step=8)
         w["clip_metrics"] = gr.Checkbox(True, label="CLIP score / accuracy per cell")
 
 
@@ -184,13 +211,13 @@ def _control(cfg: dict[str, Any], w: dict[str, Any]) -> None:
         w["condition_source"] = gr.Radio(cfg["condition_sources"], value="example", label="Condition from")
         w["example"] = gr.Dropdown(cfg["examples"], value=d["object"] if d["object"] in cfg["examples"] else
                                    (cfg["examples"][0] if cfg["examples"] else None), label="Toy-world example scene")
-        w["condition_image"] = gr.Image(type="filepath", label="Photo (annotator) or ready condition map",
+        w["condition_image"] = Image(type="filepath", label="Photo (annotator) or ready condition map",
                                         sources=["upload", "clipboard"], visible=False, height=260)
         w["sketch"] = gr.Sketchpad(type="pil", label="Sketch (becomes a white-on-black scribble)", visible=False,
                                    canvas_size=(512, 512), height=340,
                                    brush=gr.Brush(colors=["#000000"], default_size=10, color_mode="fixed"))
         with gr.Row():
-            w["conditioning_scale"] = gr.Slider(0, lim["max_scale"], value=1.0, step=0.05,
+            w["conditioning_scale"] = Slider(0, lim["max_scale"], value=1.0, step=0.05,
                                                 label="Conditioning scale")
             w["resize_mode"] = gr.Radio(cfg["resize_modes"], value="resize", label="Resize mode",
                                         info="resize: stretch · crop: fill and cut · pad: fit, black bars")
@@ -212,7 +239,8 @@ def _multi_concept(cfg: dict[str, Any], w: dict[str, Any]) -> None:
             with gr.Row(visible=i <= lim["max_extra"]):
                 w[f"extra{i}"] = gr.Dropdown(cfg["extra_choices"], value="", label=f"Extra concept {i}",
                                              allow_custom_value=True, scale=3)
-                w[f"extra{i}_lambda"] = gr.Slider(-lam, lam, value=1.0, step=0.05, label="λ", scale=2)
+                # a number box, not a slider: a slider in the browser would silently clamp λ = 99 to the maximum
+                w[f"extra{i}_lambda"] = Number(1.0, step=0.05, label=f"λ (within ±{lam:g})", scale=2)
         methods = cfg["merge_methods"]
         w["merge_method"] = gr.Dropdown([(m["name"], m["name"]) for m in methods], value="linear",
                                         label="Merge method (how the vectors of a cell combine)")
@@ -307,10 +335,33 @@ def _outputs(cfg: dict[str, Any], w: dict[str, Any], kinds: tuple[str, ...]) -> 
         o["dl_zip"] = gr.DownloadButton("All images (zip)", value=None)
         o["dl_csv"] = gr.DownloadButton("Metrics CSV", value=None)
         o["dl_recipe"] = gr.DownloadButton("Recipe YAML", value=None)
+        o["dl_handout"] = gr.DownloadButton("Handout (HTML, printable)", value=None)
+    o["share"] = gr.Textbox(label="Share link: opens this page with these inputs and runs the same grid",
+                            interactive=False, buttons=["copy"], elem_id="share-link")
     with gr.Accordion("Cells", open=False):
         o["gallery"] = gr.Gallery(label="Every image (recipe in its PNG text chunks)", columns=6, height=420,
                                   object_fit="contain")
+    _history(o)
     return o
+
+
+def _history(o: dict[str, Any]) -> None:
+    """This session's runs, and two of them side by side with the per-cell metric deltas."""
+    with gr.Accordion("History and compare (this session's runs)", open=False, elem_id="history"):
+        o["history"] = gr.Gallery(label="Runs of this session, newest first", columns=5, height=240,
+                                  object_fit="contain", allow_preview=False, elem_id="history-gallery")
+        with gr.Row():
+            o["run_a"] = gr.Dropdown([], label="Run A", scale=3)
+            o["run_b"] = gr.Dropdown([], label="Run B", scale=3)
+        with gr.Row():
+            o["compare"] = gr.Button("Compare A and B", variant="secondary")
+            o["load_a"] = gr.Button("Load run A into the inputs")
+        with gr.Row():
+            o["cmp_a"] = gr.Image(label="A", type="filepath", interactive=False, height=360, elem_id="compare-a")
+            o["cmp_b"] = gr.Image(label="B", type="filepath", interactive=False, height=360, elem_id="compare-b")
+        o["cmp_note"] = gr.Markdown()
+        o["cmp_table"] = gr.Dataframe(label="Per cell: Δ = B − A (same seeds)", interactive=False, wrap=True,
+                                      elem_id="compare-table")
 
 
 def _examples(cfg: dict[str, Any], w: dict[str, Any]) -> gr.Examples:

@@ -4,24 +4,42 @@ into ``gr.Error``."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import uuid
 from typing import Any
 
 import gradio as gr
 
-from ..request import RECIPE_FIELDS, REQUEST_FIELDS, GridRequest, request_defaults
+from ..request import EXAMPLE_FIELDS, RECIPE_FIELDS, REQUEST_FIELDS, GridRequest, request_defaults
 from .edge import shown
 
 # What a grid run returns (and the `grid` / `reproduce` API, in this order): one grid image per control kind, then
 # these (`shown_controls` goes to a gr.State, not to the API's visible outputs).
 AFTER_GRIDS = ("gallery", "table", "metrics_note", "dl_grid", "dl_zip", "dl_csv", "dl_recipe", "status",
-               "shown_controls")
+               "dl_handout", "shown_controls", "last_run")
+STATES = ("shown_controls", "last_run")  # gr.State outputs: not among the API's visible outputs
+
+
+# The page's query parameters, read in the browser (the load event's own request is not the page's URL).
+QUERY_JS = "() => [Object.fromEntries(new URLSearchParams(window.location.search))]"
+HEARTBEAT_S = 1.0  # at most this long without a yield while a grid runs (Gradio checks for gone clients per yield)
 
 
 def session_of(request: gr.Request | None) -> str:
     # gradio_client and browser tabs each get their own session hash; a request without one gets a fresh id.
     return getattr(request, "session_hash", None) or uuid.uuid4().hex
+
+
+def page_url(request: gr.Request | None) -> str:
+    """The page's address without its query (the browser's Referer, else the server's base URL)."""
+    headers = getattr(request, "headers", None) or {}
+    ref = headers.get("referer") if hasattr(headers, "get") else None
+    if ref:
+        return ref.split("?", 1)[0].split("#", 1)[0]
+    inner = getattr(request, "request", None)
+    return str(getattr(inner, "base_url", "") or "/")
 
 
 def progress_reporter(progress: gr.Progress | None):
@@ -53,36 +71,80 @@ class Handlers:
         self.outputs: tuple[str, ...] = (*(f"grid_{k}" for k in self.kinds), *AFTER_GRIDS)
 
     # --- the heavy events (queued, concurrency_id="gpu") --------------------------------------------------
-    def grid(self, request: gr.Request = None, progress=gr.Progress(), **values: Any) -> tuple:  # noqa: B008
+    # Both are async generators: cells appear as they finish, and when Gradio stops the event (Job.cancel, the
+    # Cancel button's `cancels`, a client that went away) the generator is cancelled or closed, which sets the
+    # run's cancel flag: the worker stops within one denoising step and restores the weights.
+    async def grid(self, request: gr.Request = None, progress=gr.Progress(), **values: Any):  # noqa: B008
         """Run a concept grid. Parameters left at None take the base model's defaults (world.json/catalog)."""
         with shown("grid"):
             spec, normalized = self.s.build(GridRequest.of(values))
-            run_dir = self._compute(normalized, spec, request, progress)
-            self.s.remember_example(normalized, run_dir)
-            return self._pack(self.s.outputs(run_dir))
+            async with contextlib.aclosing(self._stream(normalized, spec, request, progress, remember=True)) as run:
+                async for out in run:
+                    yield out
 
     grid.__signature__ = _grid_signature()  # type: ignore[attr-defined]
 
-    def reproduce(self, recipe: str | None, request: gr.Request = None, progress=gr.Progress()) -> tuple:  # noqa: B008
+    async def reproduce(self, recipe: str | None, request: gr.Request = None, progress=gr.Progress()):  # noqa: B008
         """Run an uploaded recipe.yaml (or a run's cells.zip, which carries its condition images)."""
         with shown("reproduce"):
             if not recipe:
                 raise gr.Error("upload the recipe.yaml or cells.zip of a run first", title="Cannot run this")
             spec, normalized = self.s.recipe_spec(recipe)
-            return self._pack(self.s.outputs(self._compute(normalized, spec, request, progress)))
+            async with contextlib.aclosing(self._stream(normalized, spec, request, progress)) as run:
+                async for out in run:
+                    yield out
 
-    def _compute(self, normalized, spec, request, progress):
+    async def _stream(self, normalized, spec, request, progress, remember: bool = False):
+        """Run the grid in a worker thread; yield the finished cells as they come, then the full outputs."""
         session = session_of(request)
         flag = self.s.begin(session)
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Queue = asyncio.Queue()
+        view = self.s.partial(spec)
+
+        def on_cells(cells: list) -> None:  # worker thread → event loop
+            loop.call_soon_threadsafe(finished.put_nowait, cells)
+
+        # to_thread copies the context: gr.Progress keeps working from the worker
+        work = asyncio.ensure_future(asyncio.to_thread(
+            self.s.compute, normalized, spec, progress=progress_reporter(progress), cancel=flag.is_set,
+            on_cells=on_cells))
         try:
-            return self.s.compute(normalized, spec, progress=progress_reporter(progress), cancel=flag.is_set)
+            while not work.done() or not finished.empty():
+                getter = asyncio.ensure_future(finished.get())
+                done, _ = await asyncio.wait({getter, work}, timeout=HEARTBEAT_S,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    view.add(getter.result())
+                    while not finished.empty():
+                        view.add(finished.get_nowait())
+                    yield self._partial(view)
+                else:
+                    getter.cancel()
+                    if not done:  # nothing new: a heartbeat lets Gradio notice a client that went away
+                        yield tuple(gr.skip() for _ in self.outputs)
+            run_dir = work.result()  # the service's errors (cancelled, refused, failed) are raised here
         finally:
+            if not work.done():  # the event was cancelled or closed: stop the worker within one step
+                flag.set()
             self.s.end(session, flag)
+        if remember:
+            self.s.remember_example(normalized, run_dir)
+        yield self._pack(self.s.outputs(run_dir))
+
+    def _partial(self, view: Any) -> tuple:
+        """The outputs while a grid runs: the finished cells in place, the gallery, a status line."""
+        mosaics = view.mosaics()
+        skip = gr.skip()
+        grids = tuple(mosaics.get(k, skip) for k in self.kinds)
+        after = {"gallery": view.gallery(), "table": view.table(), "status": view.status()}
+        return (*grids, *(after.get(name, skip) for name in AFTER_GRIDS))
 
     def _pack(self, out: dict[str, Any]) -> tuple:
         files = out["files"]
         return (*(out["grids"][k] for k in self.kinds), out["gallery"], out["table"], out["metrics_note"],
-                files["grid"], files["zip"], files["csv"], files["recipe"], out["status"], out["controls"])
+                files["grid"], files["zip"], files["csv"], files["recipe"], out["status"], files["handout"],
+                out["controls"], out["run_id"])
 
     # --- cheap events (queue=False) -----------------------------------------------------------------------
     def cancel(self, request: gr.Request = None) -> str:
@@ -103,7 +165,7 @@ class Handlers:
             if run_dir is None:
                 note = (f"Example “{rows[index]['label']}” is not precomputed: press **Run** (its result is then "
                         "cached).")
-                return (*(gr.skip() for _ in self.outputs[:-2]), note, gr.skip())
+                return tuple(note if name == "status" else gr.skip() for name in self.outputs)
             return self._pack(self.s.outputs(run_dir, cached=True))
 
     def show_tabs(self, controls: list[str] | None) -> tuple:
@@ -175,6 +237,71 @@ class Handlers:
         f = self.s.recipe_fields(spec)
         return (*(f[k] for k in RECIPE_FIELDS),
                 f"Recipe read: {spec.n_images} image(s). Press **Reproduce** to run it.")
+
+    # --- history and compare (cheap: files only) ----------------------------------------------------------
+    def remember_run(self, history: list[str] | None, run_id: str | None) -> tuple:
+        """Add the run just shown to this session's history: (history, gallery, run A and run B choices)."""
+        history = list(history or [])
+        if run_id and run_id not in history:
+            try:
+                with shown("history"):
+                    self.s.history_entry(run_id)  # one of this app's runs (not an example's folder)
+                history.append(run_id)
+            except gr.Error:
+                pass
+        return self._history_view(history)
+
+    def _history_view(self, history: list[str]) -> tuple:
+        entries = []
+        for run_id in history:
+            try:
+                with shown("history"):
+                    entries.append(self.s.history_entry(run_id))
+            except gr.Error:
+                continue  # gone from the server (TAD_MAX_RUNS): dropped from the view
+        history = [e["id"] for e in entries]
+        choices = [(e["caption"], e["id"]) for e in reversed(entries)]
+        gallery = [(e["thumb"], e["caption"]) for e in reversed(entries)]
+        a = history[-2] if len(history) > 1 else (history[-1] if history else None)
+        b = history[-1] if history else None
+        return history, gallery, gr.update(choices=choices, value=a), gr.update(choices=choices, value=b)
+
+    def compare(self, a: str | None, b: str | None) -> tuple:
+        """Runs A and B side by side and the per-cell metric deltas."""
+        with shown("compare"):
+            if not a or not b:
+                raise gr.Error("pick two runs of this session (run a grid twice first)", title="Cannot compare")
+            c = self.s.compare_runs(a, b)
+        return c["a"], c["b"], c["table"], c["note"]
+
+    def load_run(self, run_id: str | None) -> tuple:
+        """A run's values back into the inputs (the fields of EXAMPLE_FIELDS it recorded)."""
+        with shown("loading the run"):
+            if not run_id:
+                raise gr.Error("pick a run first", title="Cannot load")
+            f = self.s.run_fields(run_id)
+        return (*(f.get(k, gr.skip()) for k in EXAMPLE_FIELDS), "Run loaded into the inputs: press **Run grid**.")
+
+    def share_link(self, run_id: str | None, request: gr.Request = None) -> str:
+        """The URL of this page with the run's values in its query string (opens and runs the same grid)."""
+        if not run_id:
+            return ""
+        try:
+            with shown("share link"):
+                query = self.s.share_query(run_id)
+        except gr.Error:
+            return ""
+        return f"{page_url(request)}?{query}"
+
+    def from_query(self, params: dict | None, request: gr.Request = None) -> tuple:
+        """On page load: a share link's values (the page's query, read by the browser: ``QUERY_JS``) into the
+        inputs, and a new token that starts its grid; without a query the page stays as it is."""
+        if not isinstance(params, dict) or not params:
+            params = dict(getattr(request, "query_params", None) or {})
+        f = self.s.fields_from_query({str(k): str(v) for k, v in params.items()})
+        if not f:
+            return (*(gr.skip() for _ in EXAMPLE_FIELDS), gr.skip())
+        return (*(f.get(k, gr.skip()) for k in EXAMPLE_FIELDS), uuid.uuid4().hex)
 
     def random_seeds(self, seeds: str | None) -> str:
         return self.s.random_seeds(seeds)

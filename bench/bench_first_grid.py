@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""First grid after launch vs a warm grid, and time to the first streamed cell vs the full grid — side by side in
+one run, for `python app.py` started with the warm start on (TAD_WARM_START=1, the default) and off.
+
+    python bench/bench_first_grid.py              # 2 launches of each mode; prints the table
+    python bench/bench_first_grid.py --repeats 1
+
+A script, not a timed unit test (numbers on a shared machine are noisy: compare the ratios, which are measured
+within one process and one run). For each launch: start `python app.py` on a free port (HF_HUB_OFFLINE=1, a
+temporary TAD_WORK_DIR), wait for HTTP 200 on `/`, then at once submit a /grid (seed 1) through gradio_client —
+the **first grid** — then two more with other seeds — **warm grids**. Each /grid is timed from submit to its
+result; the **first cell** is when the job first reports a streamed output. Targets (issue 13): first grid ≤ 1.5×
+a warm grid with the warm start; first cell ≤ ~1 s on the toy world.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_page(url: str, proc: subprocess.Popen, timeout: float) -> float:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return time.perf_counter() - t0
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"no page after {timeout} s")
+
+
+def timed_grid(client, seed: int) -> tuple[float, float | None]:
+    """(seconds to the result, seconds to the first streamed output or None)."""
+    t0 = time.perf_counter()
+    job = client.submit(seeds=str(seed), api_name="/grid")
+    first = None
+    while not job.done():
+        if first is None and job.outputs():
+            first = time.perf_counter() - t0
+        time.sleep(0.02)
+    job.result()
+    total = time.perf_counter() - t0
+    if first is None and len(job.outputs()) > 1:
+        first = total  # everything arrived between two polls
+    return total, first
+
+
+def launch(warm: bool, timeout: float) -> dict[str, float]:
+    from gradio_client import Client
+
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1",
+           "GRADIO_ANALYTICS_ENABLED": "False", "TAD_WORK_DIR": tempfile.mkdtemp(prefix="bench_first_grid_"),
+           "TAD_WARM_START": "1" if warm else "0"}
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        page = wait_for_page(f"http://127.0.0.1:{port}/", proc, timeout)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        first, first_cell = timed_grid(client, 1)
+        warm_runs = [timed_grid(client, s) for s in (2, 3)]
+        return {"page": page, "first": first, "first_cell": first_cell or float("nan"),
+                "warm": statistics.median(t for t, _ in warm_runs),
+                "warm_cell": statistics.median((c or float("nan")) for _, c in warm_runs)}
+    finally:
+        proc.terminate()  # our own child, by its handle
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--timeout", type=float, default=600.0)
+    args = ap.parse_args(argv)
+    rows = []
+    for i in range(args.repeats):
+        for warm in (True, False):  # alternating: other load hits both alike
+            r = launch(warm, args.timeout)
+            rows.append((warm, r))
+            print(f"launch {i + 1} warm start {'on ' if warm else 'off'}: page {r['page']:.1f} s, first grid "
+                  f"{r['first']:.2f} s, warm grid {r['warm']:.2f} s → {r['first'] / r['warm']:.2f}×; first cell "
+                  f"{r['first_cell']:.2f} s of {r['first']:.2f} s, warm: {r['warm_cell']:.2f} s of {r['warm']:.2f} s",
+                  flush=True)
+    print("\n| warm start | first grid / warm grid (median) | first cell / full grid, warm (median) |")
+    print("|---|---|---|")
+    for warm in (True, False):
+        rs = [r for w, r in rows if w == warm]
+        ratio = statistics.median(r["first"] / r["warm"] for r in rs)
+        cell = statistics.median(r["warm_cell"] / r["warm"] for r in rs)
+        print(f"| {'on' if warm else 'off'} | {ratio:.2f}× | {cell:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

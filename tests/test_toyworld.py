@@ -94,6 +94,45 @@ def test_caption_weights_grade_targets_by_strength():
     assert min(full) < 0.1 and max(full) > 0.9
 
 
+def test_twin_captions_swap_one_word_for_its_twin_and_weigh_by_strength():
+    """The CLIP's hard negatives: the caption of the scene with the object's (or style's) word swapped for its
+    twin; a full-strength target scores 0 for its anchor's caption, a half-strength one 0.5."""
+    from tad_demo.toyworld.train_clip import twin, twin_caption
+
+    rng = random.Random(0)
+    assert twin("object", "smiley", rng) == "circle" and twin("style", "dotted", rng) == "plain"
+    assert twin("object", "circle", rng) == "smiley" and twin("object", "cross", rng) is None
+    assert twin("style", "plain", rng) in world.STYLE_TARGETS
+    for strength, expected in ((1.0, 0.0), (0.5, 0.5)):
+        scene = world.Scene(object="die", style="plain", color="red", background="grey", size="large", cx=0.5,
+                            cy=0.5, seed=0, detail=strength)
+        seen = set()
+        for _ in range(40):
+            text, asserted = twin_caption(scene, random.Random(len(seen) * 1000 + _))
+            swapped = {a: v for a, v in asserted.items() if v != getattr(scene, a)}
+            assert len(swapped) == 1, (text, asserted)  # exactly one word differs from the scene
+            (attr, value), = swapped.items()
+            seen.add(attr)
+            assert value in text
+            if attr == "object":
+                assert value == "square" and world.caption_weight(scene, asserted) == pytest.approx(expected)
+        assert seen == {"object", "style"}
+    control = world.Scene(object="cross", style="plain", color="red", background="grey", size="large", cx=0.5,
+                          cy=0.5, seed=0)
+    assert all(twin_caption(control, random.Random(i))[1].get("style") in world.STYLE_TARGETS for i in range(10))
+
+
+def test_vae_loss_weighs_edges_more_than_flat_areas():
+    import torch
+
+    from tad_demo.toyworld.train_vae import EDGE_WEIGHT, edge_weights
+
+    x = -torch.ones(1, 3, 8, 8)
+    x[..., 4:, :] = 1.0  # one horizontal edge between rows 3 and 4
+    w = edge_weights(x)
+    assert w[0, 0, 0, 0] == 1.0 and w[0, 0, 3, 0] == pytest.approx(1 + EDGE_WEIGHT)
+
+
 def test_controls_are_in_no_ablation_prompt():
     """Held-out control concepts: never an anchor image, never in the preservation set, in any ablation."""
     import torch

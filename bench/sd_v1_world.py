@@ -8,6 +8,7 @@ and benchmarks run on when the real models cannot be downloaded.
     folder / "ablations/snoopy_delta_epoch=000004.ckpt"   # Kumari CompVis file: {'state_dict': {LDM k/v names}}
     folder / "ablations/van_gogh_delta.bin"               # Kumari diffusers file: {'unet': {diffusers k/v names}}
     folder / "catalog.yaml"        # an app catalog (TAD_CATALOG) offering all of it as base "sd-shaped"
+    folder / "world.json"          # the same as a world folder (--assets / TAD_ASSETS): the research views run on it
 
 The tokenizer is the real SD/OpenAI CLIP tokenizer, rebuilt offline from the BPE file open_clip ships. Weights are
 seeded (``torch.manual_seed``), so two builds are equal; ``STAMP`` names what was built (configs + this recipe)
@@ -26,9 +27,9 @@ import torch
 
 CONFIGS = Path(__file__).resolve().parent / "sd_v1_configs"
 RECIPE_VERSION = "1"
-# Kumari checkpoints as the paper's eval.json names them: target → anchor.
-OBJECT = ("snoopy", "dog")
-STYLE = ("van gogh", "painting")
+# Kumari checkpoints as the paper's eval.json names them: target → anchor, hard negatives.
+OBJECT = ("snoopy", "dog", ("beagles", "basset hound", "harrier dog", "english foxhound"))
+STYLE = ("van gogh", "painting", ("monet", "greg rutkowski", "salvador dali", "johannes vermeer", "jeremy mann"))
 # The 16 cross-attention blocks of SD-1.x in LDM names (what Kumari's CompVis files hold), as the original
 # ldm/openaimodel.py numbers them: input_blocks 1,2,4,5,7,8; middle_block; output_blocks 3..11.
 LDM_ATTN_BLOCKS = ([f"input_blocks.{i}.1" for i in (1, 2, 4, 5, 7, 8)] + ["middle_block.1"] +
@@ -130,7 +131,7 @@ def build_ablations(out: Path, unet_state: dict[str, torch.Tensor], seed: int = 
         for kv_name in ("to_k", "to_v"):
             ldm = f"model.diffusion_model.{block}.transformer_blocks.0.attn2.{kv_name}.weight"
             compvis[ldm] = finetuned(_diffusers_name(block, kv_name))
-    files = {"object": out / "snoopy_delta_epoch=000004.ckpt", "style": out / "van_gogh_delta.bin"}
+    files = _files(out.parent)
     torch.save({"state_dict": compvis}, files["object"])
     # Kumari's diffusers save_pretrained(parameter_group="cross-attn"): {'unet': {name: tensor}}
     torch.save({"unet": {k: finetuned(k) for k in kv}}, files["style"])
@@ -161,18 +162,43 @@ def write_catalog(root: Path, files: dict[str, Path]) -> Path:
         "controlnets": {"sd-1": {"v1.1": {"canny": {"hub": str(root / "controlnet_canny")}}}},
         "clip": {"sd-1": {"spec": str(root / "clip")}},
         "concept_ablation": {"family": "sd-1", "concepts": [
-            {"name": OBJECT[0], "kind": "object", "anchor": OBJECT[1], "checkpoint": str(files["object"])},
-            {"name": STYLE[0], "kind": "style", "anchor": STYLE[1], "checkpoint": str(files["style"])}]},
+            {"name": OBJECT[0], "kind": "object", "anchor": OBJECT[1], "checkpoint": str(files["object"]),
+             "hard_negatives": list(OBJECT[2])},
+            {"name": STYLE[0], "kind": "style", "anchor": STYLE[1], "checkpoint": str(files["style"]),
+             "hard_negatives": list(STYLE[2])}]},
     }
     path = root / "catalog.yaml"
     path.write_text(yaml.safe_dump(cat, sort_keys=False))
     return path
 
 
+def write_world(root: Path, files: dict[str, Path]) -> Path:
+    """``world.json`` (through the one writer, ``core.world.World``): the two concepts, a vocabulary with the anchors,
+    hard negatives and never-ablated controls, SD-style prompt templates and tiny sampling defaults."""
+    from tad_demo.core.world import Concept, World
+
+    concepts = [Concept(name, kind, anchor, str(files[kind]), "ablation", hard)
+                for kind, (name, anchor, hard) in (("object", OBJECT), ("style", STYLE))]
+    world = World(root=root, concepts=concepts,
+                  objects=[OBJECT[0], OBJECT[1], *OBJECT[2][:2], "cat", "robot"],
+                  styles=[STYLE[0], STYLE[1], *STYLE[2][:2]], control_concepts=["cat", "robot"],
+                  prompt_templates=["a {object} in {style} style", "a photo of a {object} in {style} style"],
+                  defaults={"num_inference_steps": 2, "guidance_scale": 6.0, "height": 64, "width": 64},
+                  base="base", clip="clip", controlnets={"canny": "controlnet_canny"})
+    return world.save()
+
+
+def _files(root: Path) -> dict[str, Path]:
+    return {"object": root / "ablations" / "snoopy_delta_epoch=000004.ckpt",
+            "style": root / "ablations" / "van_gogh_delta.bin"}
+
+
 def build_sd_v1_world(root: Path) -> Path:
     """Build (or reuse, when its stamp matches) the SD-1.x-shaped world in ``root``."""
     root = Path(root)
     if (root / "STAMP").is_file() and (root / "STAMP").read_text() == stamp():
+        write_catalog(root, _files(root))  # cheap, so always current
+        write_world(root, _files(root))
         return root
     if root.exists():
         shutil.rmtree(root)
@@ -183,6 +209,7 @@ def build_sd_v1_world(root: Path) -> Path:
     build_controlnet(root / "controlnet_canny")
     build_clip(root / "clip")
     write_catalog(root, files)
+    write_world(root, files)
     (root / "STAMP").write_text(stamp())
     return root
 

@@ -144,13 +144,15 @@ def test_research_views_on_the_sd_world(service, sd_world, tmp_path):
     world = World.load(sd_world)
     lab = Lab.from_world(world, models=service.models, steps=2)
     assert lab.base == str(sd_world / "base") and set(lab.concepts) == {"snoopy", "van gogh"}
-    sweep = run_sweep(lab, "snoopy", [0.0, 1.0], n_prompts=1, seeds=[1])
-    measured = {r["concept"] for r in sweep.rows}
-    assert {"snoopy", "dog", "cat", "robot"} <= measured  # the concept, its anchor, this world's controls
-    assert all("snoopy" in p for p in sweep.prompts)
-    multi = run_multi(lab, ["snoopy", "van gogh"], methods=("linear",), n_prompts=1, seeds=[1],
-                      random_baseline=False)
-    assert {r["n"] for r in multi.rows} == {1, 2}
+    from tad_demo.research.sweep import default_controls
+
+    assert default_controls(lab, "snoopy")[:2] == ["cat", "robot"]  # this world's never-ablated controls
+    sweep = run_sweep(lab, "snoopy", [0.0, 1.0], controls=["cat"], n_prompts=1, seeds=[1])
+    assert {r["concept"] for r in sweep.rows} == {"snoopy", "dog", "cat"}  # the concept, its anchor, a control
+    assert "snoopy" in sweep.prompts["snoopy"][0] and "dog" in sweep.prompts["dog"][0]
+    multi = run_multi(lab, ["snoopy", "van gogh"], methods=("linear",), n_prompts=1, seeds=[1], controls=["cat"],
+                      random_baseline=False, base_line=False, ns=[2])
+    assert [r["n"] for r in multi.rows] == [2] and multi.controls == ["cat"]
     result = analyze({n: lab.vector(n) for n in ("snoopy", "van gogh")})
     assert result.norms["snoopy"] > 0 and len(result.names) == 2
     sel = select(lab, "a snoopy in van gogh style", ["snoopy", "van gogh"], t_switch=1, alpha=2.0, seeds=[1],
@@ -197,15 +199,18 @@ def single_file(sd_world) -> Path:
     return path
 
 
-def test_single_file_ldm_base_gives_the_same_grid(service, run, single_file):
+def test_single_file_ldm_base_gives_the_same_grid(service, sd_world, single_file):
     """A whole SD-1.x model as one LDM ``.safetensors`` (converted by diffusers' single-file loader, configs from
-    the folder it sits in, offline) gives the folder's grid bit for bit."""
+    the folder it sits in, offline) gives the folder's cells bit for bit, base and ablated."""
+    from tad_demo.app.request import GridRequest
     from tad_demo.grid import run_grid
 
-    spec = replace(run["spec"], base=str(single_file), controls=[c for c in run["spec"].controls
-                                                                    if c.kind == "none"], hashes={})
-    result = run_grid(spec, models=service.models)
+    spec, _ = service.build(GridRequest(base="sd-shaped", object="snoopy", style="van gogh", seeds="42", steps=2,
+                                        height=64, width=64, clip_metrics=False))
+    spec = replace(spec, object_lambdas=(1.0, 0.0), style_lambdas=(0.0,))  # 2 cells: ablated, base
+    folder = run_grid(spec, models=service.models)
+    single = run_grid(replace(spec, base=str(single_file)), models=service.models)
     assert service.models.base == str(single_file)
-    for cell in result.cells:
-        got = np.asarray(cell.images[0].convert("RGB"))
-        assert np.array_equal(got, _png(run["dir"] / "images" / cell.image_name(42))), cell.image_name(42)
+    for a, b in zip(folder.cells, single.cells):
+        assert (a.object_lambda, a.style_lambda) == (b.object_lambda, b.style_lambda)
+        assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0])), a.image_name(42)

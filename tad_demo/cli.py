@@ -37,9 +37,14 @@ log = logging.getLogger("tad_demo")
 def cmd_vector(args: argparse.Namespace) -> dict:
     import torch
 
+    from .core.lora import is_lora_file, load_lora
     from .core.task_vector import TaskVector
 
-    tv = TaskVector.from_pair(args.base, args.finetuned, scope=args.scope)
+    if is_lora_file(args.finetuned):  # a LoRA is already a difference: τ = its dense ΔW, checked against the base
+        tv = load_lora(args.finetuned, base=args.base)
+        tv = tv.restrict(args.scope) if args.scope else tv
+    else:
+        tv = TaskVector.from_pair(args.base, args.finetuned, scope=args.scope)
     if not len(tv):
         raise SystemExit(f"error: {args.finetuned} does not differ from {args.base}"
                          f"{' within scope ' + repr(args.scope) if args.scope else ''}; nothing to save")
@@ -147,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("vector", help="τ = finetuned − base → safetensors",
                        description="Build a task vector from a base and a fine-tuned checkpoint. Either may be a "
                        "diffusers folder, a single .safetensors/.ckpt (diffusers or LDM keys), or a concept-ablation "
-                       "file (Kumari CompVis .ckpt or delta.bin). Sign: λ=+1 ablates, −1 enhances.")
+                       "file (Kumari CompVis .ckpt, delta.bin or delta-<step>); a LoRA file as --finetuned gives its "
+                       "dense ΔW. Sign: λ=+1 ablates, −1 enhances.")
     p.add_argument("--base", required=True, help="base model (folder or file)")
     p.add_argument("--finetuned", required=True, help="fine-tuned model or ablation checkpoint")
     p.add_argument("--out", required=True, help="output .safetensors")

@@ -181,3 +181,35 @@ def test_example_config_is_valid():
     spec = EvalSpec.load(REPO / "examples" / "table_toy.yaml")
     assert spec.base is None and spec.n_cells == len(spec.concepts) * len(spec.lambdas) * spec.n_prompts * \
         len(spec.seeds)
+
+
+def test_hard_negatives_are_evaluated_on_the_concepts_weights(world, lab, tmp_path):
+    """``hard_negatives: true``: each hard negative's prompts (the concept's, word replaced) on the concept's
+    weights, scored against that word and the anchor — Kumari et al.'s evaluate.py rows for e.g. snoopy → beagles."""
+    cfg = config(world, concepts=[{"name": "smiley", "hard_negatives": ["heart", "kite"]}], lambdas=[1],
+                 seeds=[1], hard_negatives=True, batch_size=6)  # one unit: the check below regenerates it
+    spec = EvalSpec.from_dict(cfg)
+    assert EvalSpec.from_dict(spec.to_dict()).to_dict() == spec.to_dict()
+    hn_lab = build_lab(spec, models=lab.models)
+    cells = [c for u in plan(spec, hn_lab) for c in u.cells]
+    assert [c.word for c in cells] == ["smiley"] * 2 + ["heart"] * 2 + ["kite"] * 2
+    assert all(c.concept == "smiley" and c.lam == 1.0 for c in cells)
+    assert [c.prompt.replace("heart", "smiley") for c in cells[2:4]] == [c.prompt for c in cells[:2]]
+    res = run_eval(spec, tmp_path / "hn", lab=hn_lab)
+    rows = list(csv.DictReader((tmp_path / "hn" / "results.csv").open()))
+    assert sorted(r["target"] for r in rows) == sorted(["smiley"] * 2 + ["heart"] * 2 + ["kite"] * 2)
+    assert [(s["target"], s["images"]) for s in res["summary"]] == [("smiley", 2), ("heart", 2), ("kite", 2)]
+    # each row's score is its own word's CLIP score against the anchor, on the ablated weights' image
+    by_prompt = {r["prompt"]: r for r in rows}
+    images = hn_lab.generate([c.prompt for c in cells], [c.seed for c in cells], [(hn_lab.vector("smiley"), 1.0)],
+                             batch_size=len(cells))
+    heart = [c for c in cells if c.word == "heart"]
+    expect = hn_lab.scorer.per_image(images[2:4], "heart", heart[0].anchor, heart[0].kind)
+    for c, (score, beats) in zip(heart, expect):
+        assert float(by_prompt[c.prompt]["clip_score"]) == pytest.approx(score, rel=1e-4)
+        assert by_prompt[c.prompt]["clip_accuracy"] == ("1" if beats else "0")
+    summary = list(csv.DictReader((tmp_path / "hn" / "summary.csv").open()))
+    assert [s["target"] for s in summary] == ["smiley", "heart", "kite"]
+    bad = config(world, concepts=[{"name": "smiley", "hard_negatives": "heart"}])
+    with pytest.raises(EvalError, match="hard_negatives"):
+        EvalSpec.from_dict(bad)

@@ -539,3 +539,209 @@ def test_convert_refuses_to_overwrite_source(tmp_path):
         convert(src, src, overwrite=True)
     one_line_error(e, str(src), "source")
     assert src.read_bytes() == before
+
+
+# --- files as other tools write them (issue 12) -------------------------------------------------------------
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_peft_lora_saved_by_diffusers_matches_peft(tmp_path, base, rslora):
+    """A LoRA trained with PEFT and saved by diffusers: ΔW equals what PEFT itself merges into the weights —
+    alpha/√r for rsLoRA, regex ``alpha_pattern`` keys matched as PEFT matches them, per-module ranks."""
+    peft = pytest.importorskip("peft")
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    unet = tiny_unet()
+    config = peft.LoraConfig(
+        r=4, lora_alpha=8, use_rslora=rslora, init_lora_weights=False, target_modules=["to_k", "to_v", "to_q"],
+        alpha_pattern={r"down_blocks\.1\.attentions\.\d+\.transformer_blocks\.0\.attn2\.to_k": 2, "attn1.to_q": 32},
+        rank_pattern={"attn1.to_q": 2})
+    unet.add_adapter(config)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=layers,
+                                              unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    unet.fuse_lora()  # PEFT merges alpha/r (or alpha/√r) · B @ A into the base layers: the oracle
+    fused = unet.state_dict()
+    expect = {}
+    for k, v in fused.items():
+        if k.endswith(".base_layer.weight"):
+            d = v - before[k]
+            if torch.count_nonzero(d):
+                expect["unet." + k.replace(".base_layer.", ".")] = d
+
+    tv = load_lora(tmp_path / "lora" / "pytorch_lora_weights.safetensors", base=base)
+    assert sorted(tv.keys()) == sorted(expect)
+    assert len(expect) == 3 * 2 * 6  # q, k, v × (attn1, attn2) × 6 transformer blocks (2 down, 1 mid, 3 up)
+    for k, d in expect.items():
+        torch.testing.assert_close(tv[k], d, rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_kumari_intermediate_delta_step_file(tiny_pipeline_dir, base, kv_keys, tmp_path, capsys):
+    """Kumari's diffusers train.py saves ``delta-<step>`` (torch.save, no suffix) every checkpointing_steps."""
+    from tad_demo.cli import main
+
+    ft = perturbed(strip(base, "unet"), kv_keys, seed=5)
+    path = tmp_path / "delta-250"
+    torch.save({"unet": {k: ft[k] for k in kv_keys}}, path)
+    tv = TaskVector.from_pair(tiny_pipeline_dir, path)
+    assert sorted(tv.keys()) == sorted("unet." + k for k in kv_keys)
+    assert main(["vector", "--base", str(tiny_pipeline_dir), "--finetuned", str(path),
+                 "--out", str(tmp_path / "tau.safetensors"), "--json"]) == 0
+    saved = TaskVector.load(tmp_path / "tau.safetensors")
+    for k in kv_keys:
+        assert torch.equal(saved["unet." + k], ft[k] - base["unet." + k])
+
+
+def test_compvis_embed_entry_is_refused_unless_unet_only(tiny_pipeline_dir, base, kv_keys, tmp_path, capsys):
+    """get_deltas.py --newtoken N adds the new tokens' embeddings as ``state_dict['embed']``: a task vector can't
+    carry tokens the base lacks, so it says so in one line; the UNet part alone is still a valid vector."""
+    from tad_demo.cli import main
+
+    ft = perturbed(strip(base, "unet"), kv_keys, seed=6)
+    sd = {"model.diffusion_model." + ldm_unet_name(k): ft[k] for k in kv_keys}
+    sd["embed"] = torch.randn(1, 32)
+    path = tmp_path / "delta_epoch=000004.ckpt"
+    torch.save({"state_dict": sd}, path)
+    with pytest.raises(CheckpointError) as e:
+        TaskVector.from_pair(tiny_pipeline_dir, path)
+    one_line_error(e, str(path), "'embed'", "1 token(s)", "--newtoken", "scope='unet'")
+    assert main(["vector", "--base", str(tiny_pipeline_dir), "--finetuned", str(path),
+                 "--out", str(tmp_path / "tau.safetensors")]) == 2
+    assert "'embed'" in capsys.readouterr().err
+    tv = TaskVector.from_pair(tiny_pipeline_dir, path, scope="unet")
+    assert sorted(tv.keys()) == sorted("unet." + k for k in kv_keys)
+    torch.save({"state_dict": {"embed": torch.randn(1, 32)}}, tmp_path / "embed_only.ckpt")
+    with pytest.raises(CheckpointError) as e:
+        load_weights(tmp_path / "embed_only.ckpt", components="unet")
+    one_line_error(e, "embed_only.ckpt", "holds only 'embed'")
+
+
+NOT_CHECKPOINTS = {
+    "text": (b"step,loss\n1,0.5\n", "a text file"),
+    "lfs": (b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"ab" * 32 + b"\nsize 3438167534\n",
+            "a Git LFS pointer"),
+    "html": (b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body></body></html>", "an HTML page"),
+    "json": (b'{"error": "not found"}', "a JSON text file"),
+    "random": (bytes(range(7, 256)) * 40, "unrecognised binary data"),
+    "empty": (b"", "empty"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_CHECKPOINTS))
+@pytest.mark.parametrize("suffix", [".ckpt", ".safetensors", ""])
+def test_files_that_are_no_checkpoint_say_what_they_are(tmp_path, kind, suffix, capsys):
+    from tad_demo.cli import main
+
+    data, what = NOT_CHECKPOINTS[kind]
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(data)
+    calls = [lambda: load_weights(path), lambda: load_lora(path),
+             lambda: convert(path, tmp_path / "out.safetensors"), lambda: TaskVector.load(path)]
+    for call in calls:
+        with pytest.raises((CheckpointError, TaskVectorError)) as e:
+            call()
+        msg = one_line_error(e, str(path))
+        if kind == "empty" and suffix == ".safetensors":
+            assert "truncated (0 bytes)" in msg or "an empty file (0 bytes)" in msg, msg
+        else:
+            assert what in msg, msg
+        assert "arbitrary code" not in msg and "pickle" not in msg.split(":", 1)[1].split(";")[0]
+    for argv in (["convert", str(path), str(tmp_path / "o.safetensors")], ["inspect", str(path)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(path) in err, err
+    assert path.read_bytes() == data
+
+
+def test_truncated_zip_checkpoint(tmp_path, base):
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": strip(base, "unet")}, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    for call in (lambda: load_weights(path), lambda: convert(path, tmp_path / "o.safetensors")):
+        with pytest.raises(CheckpointError) as e:
+            call()
+        one_line_error(e, str(path), "truncated or corrupt", "incomplete PyTorch zip archive")
+
+
+def test_convert_pickle_named_safetensors(tmp_path, base):
+    """A pickle named .safetensors converts (read with weights_only=True; nothing runs) into a real one."""
+    src = tmp_path / "model.safetensors"
+    torch.save({"state_dict": strip(base, "unet")}, src)
+    dst = convert(src, tmp_path / "real.safetensors")
+    same(read_safetensors(dst), strip(base, "unet"))
+
+
+def test_invalid_config_json_is_named(tmp_path, tiny_pipeline_dir):
+    import shutil
+
+    folder = tmp_path / "unet"
+    shutil.copytree(tiny_pipeline_dir / "unet", folder)
+    (folder / "config.json").write_text('{"_class_name": "UNet2DConditionModel",\n  "layers_per_block": 2,,}')
+    with pytest.raises(CheckpointError) as e:
+        load_weights(folder)
+    one_line_error(e, str(folder / "config.json"), "invalid JSON", "line 2")
+    (folder / "config.json").write_text("<html><body>rate limited</body></html>")
+    with pytest.raises(CheckpointError) as e:
+        TaskVector.from_pair(tiny_pipeline_dir, folder)
+    one_line_error(e, str(folder / "config.json"), "invalid JSON", "an HTML page")
+
+
+def test_task_vector_load_checks_the_format(tmp_path, base, kv_keys, capsys):
+    """``inspect``/``TaskVector.load`` take only files written as task vectors; each other kind is named."""
+    from tad_demo.cli import main
+
+    save_file(strip(base, "unet"), tmp_path / "weights.safetensors")
+    d, u = _lr(8, 32)
+    save_file({"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": d,
+               "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight": u},
+              tmp_path / "lora.safetensors")
+    torch.save({"unet": {k: base["unet." + k] for k in kv_keys}}, tmp_path / "delta.bin")
+    for name, needles in (("weights.safetensors", ("model weights", "no format metadata", "vector --base")),
+                          ("lora.safetensors", ("a LoRA", "vector --base")),
+                          ("delta.bin", ("not a task vector file", "vector --base", "--finetuned delta.bin"))):
+        with pytest.raises(TaskVectorError) as e:
+            TaskVector.load(tmp_path / name)
+        msg = one_line_error(e, str(tmp_path / name), *needles)
+        assert "rename" not in msg
+        assert main(["inspect", str(tmp_path / name)]) == 2
+        assert needles[0] in capsys.readouterr().err
+
+
+def test_vector_cli_takes_a_lora(tiny_pipeline_dir, base, tmp_path):
+    from tad_demo.cli import main
+
+    k = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
+    d, u = _lr(*base[f"unet.{k}.weight"].shape, seed=4)
+    save_file({f"unet.{k}.lora_A.weight": d, f"unet.{k}.lora_B.weight": u}, tmp_path / "lora.safetensors",
+              metadata={"lora_adapter_metadata": json.dumps({"unet.r": 2, "unet.lora_alpha": 1})})
+    assert main(["vector", "--base", str(tiny_pipeline_dir), "--finetuned", str(tmp_path / "lora.safetensors"),
+                 "--out", str(tmp_path / "tau.safetensors"), "--json"]) == 0
+    tv = TaskVector.load(tmp_path / "tau.safetensors")
+    assert tv.keys() == [f"unet.{k}.weight"]
+    torch.testing.assert_close(tv[f"unet.{k}.weight"], 0.5 * u @ d)
+
+
+def test_single_component_vector_applies_to_bare_state_dict(tmp_path, base, kv_keys):
+    """``TaskVector.from_pair(unet_a, unet_b).apply(unet.state_dict())``: keys are ``unet.``-prefixed, the state
+    dict's are not; a one-component vector applies anyway (text encoder: with or without ``text_model.``)."""
+    unet_a, unet_b = tiny_unet(), tiny_unet()
+    unet_b.load_state_dict(perturbed(unet_a.state_dict(), kv_keys, seed=7))
+    unet_a.save_pretrained(tmp_path / "a")
+    unet_b.save_pretrained(tmp_path / "b")
+    tv = TaskVector.from_pair(tmp_path / "a", tmp_path / "b")
+    assert all(k.startswith("unet.") for k in tv.keys())
+    out = tv.apply(unet_a.state_dict())
+    assert sorted(out) == sorted(unet_a.state_dict())
+    for k, v in unet_b.state_dict().items():
+        torch.testing.assert_close(out[k], v, rtol=0, atol=1e-6)
+    te = tiny_text_encoder()
+    key = next(k for k in te.state_dict() if k.endswith("q_proj.weight"))
+    canonical = "text_encoder.text_model." + key.removeprefix("text_model.")
+    tv_te = TaskVector({canonical: torch.ones_like(te.state_dict()[key])})
+    assert torch.equal(tv_te.apply(te.state_dict())[key], te.state_dict()[key] + 1)
+    both = tv + tv_te
+    with pytest.raises(TaskVectorError) as e:
+        both.apply(unet_a.state_dict())
+    one_line_error(e, "component prefixes", "tv.component(")

@@ -46,7 +46,7 @@ def test_linear_keeps_shape_of_matrices():
 
 # --- ties --------------------------------------------------------------------------------------------------------
 def test_ties_trim_elect_disjoint_mean():
-    # density 0.4 of 5 entries -> keep ceil(2.0) = 2 largest |values| per vector:
+    # density 0.4 of 5 entries -> keep int(2.0) = 2 largest |values| per vector:
     #   A -> [ 4, 0, 0, -3,  0]    B -> [2, 5, 0, 0, 0]    C -> [-5, 0, 0, 0, -6]
     # elected sign = sign of the column sums [1, 5, 0, -3, -6] -> [+, +, 0, -, -]
     # disjoint mean over agreeing non-zeros: col0 (4+2)/2 = 3 (C's -5 disagrees), col1 5, col2 none -> 0,
@@ -73,6 +73,29 @@ def test_ties_weights_enter_before_election():
 def test_trim_keeps_all_entries_tied_at_threshold():
     # density 0.25 of 4 -> k = 1, but the three entries tied at |1| are all kept (deterministic)
     close(merge([tv(w=[1.0, -1.0, 1.0, 0.5])], "topp", density=0.25), w=[1.0, -1.0, 1.0, 0.0])
+
+
+def test_trim_rounds_down_like_peft_and_mergekit():
+    # density 0.3 of 5 -> k = int(1.5) = 1 (ceil would keep 2); density 0.1 of 5 -> k = 0: nothing kept
+    close(merge([A], "topp", density=0.3), w=[4.0, 0.0, 0.0, 0.0, 0.0])
+    close(merge([A], "topp", density=0.1), w=[0.0, 0.0, 0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("density", [0.05, 0.2, 0.33, 0.5, 0.77])
+def test_magnitude_pruning_and_ties_agree_with_peft(density):
+    merge_utils = pytest.importorskip("peft.utils.merge_utils")  # the oracle: a dev dependency
+    g = torch.Generator().manual_seed(0)
+    # odd sizes so that density · numel is rarely an integer: the rounding is what differed from PEFT
+    shapes = {"a": (7, 13), "b": (3, 3, 5), "c": (11,)}
+    taus = [TaskVector({k: torch.randn(s, generator=g) for k, s in shapes.items()}) for _ in range(3)]
+    pruned = merge([taus[0]], "topp", density=density)
+    tied = merge(taus, "ties", density=density)
+    for k in shapes:
+        expect = merge_utils.prune(taus[0][k], density, method="magnitude")
+        torch.testing.assert_close(pruned[k], expect, rtol=0, atol=0)
+        stacked = [t[k] for t in taus]
+        expect = merge_utils.ties(stacked, torch.ones(3), density, majority_sign_method="total")
+        torch.testing.assert_close(tied[k], expect)
 
 
 def test_ties_defaults():

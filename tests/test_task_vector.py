@@ -106,8 +106,13 @@ def test_scopes(tv):
 
 def test_component_prefix(tv, base_sd):
     prefixed = tv.with_prefix("unet")
-    with pytest.raises(TaskVectorError, match=r"tv\.component\('unet'\)"):
-        prefixed.apply(base_sd)
+    # one component: applies to that component's bare state dict, as the unprefixed vector does
+    got, want = prefixed.apply(base_sd), tv.apply(base_sd)
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    # two components: the bare dict is ambiguous; the error says how
+    two = prefixed + tv.with_prefix("controlnet")
+    with pytest.raises(TaskVectorError, match=r"tv\.component\('(unet|controlnet)'\)"):
+        two.apply(base_sd)
     assert _equal(prefixed.component("unet"), tv)
 
 

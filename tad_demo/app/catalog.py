@@ -61,7 +61,8 @@ class Catalog:
         ca = d.get("concept_ablation") or {}
         if ca:
             fam = ca.get("family", "sd-1")
-            cat.concepts[fam] = [Concept(c["name"], c["kind"], c["anchor"], c["checkpoint"])
+            cat.concepts[fam] = [Concept(c["name"], c["kind"], c["anchor"], c["checkpoint"],
+                                         hard_negatives=tuple(c.get("hard_negatives") or ()))
                                  for c in ca.get("concepts") or []]
             cat.neutral[fam] = dict(ca.get("neutral") or {})
             cat.concept_page = ca.get("models_page", "")

@@ -1,4 +1,5 @@
-"""LoRA files → dense task vectors: ΔW = scale · (alpha / rank) · up @ down for every adapted weight.
+"""LoRA files → dense task vectors: ΔW = scale · (alpha / rank) · up @ down for every adapted weight
+(rsLoRA files, ``use_rslora`` in the saved PEFT config: alpha / √rank).
 
     tv = load_lora("lora.safetensors", base="pipe/")   # keys and shapes checked against the base
     -tv, tv + other, ...                                # a TaskVector like any other
@@ -26,10 +27,13 @@ from .checkpoints import (
     bare_component,
     canonical_key,
     existing_path,
+    is_lora_key,
     listing,
     load_weights,
     read_file,
     read_unet_config,
+    safetensors_metadata,
+    sniff,
 )
 from .errors import CheckpointError
 from .task_vector import TaskVector, nearest_key
@@ -84,8 +88,8 @@ def load_lora(path: PathLike, base: PathLike | Mapping[str, torch.Tensor] | None
     else:
         modules = _diffusers_modules(tensors, str(p), meta)
     deltas: dict[str, torch.Tensor] = {}
-    for target, (down, up, alpha, origin_key) in modules.items():
-        delta = _lora_delta(down, up, alpha, scale, f"{p}: {origin_key!r}")
+    for target, (down, up, alpha, rslora, origin_key) in modules.items():
+        delta = _lora_delta(down, up, alpha, scale, f"{p}: {origin_key!r}", rslora=rslora)
         if base_sd is not None:
             delta = _fit_to_base(delta, target, base_sd, f"{p}: {origin_key!r}")
         if not torch.isfinite(delta).all():
@@ -94,7 +98,32 @@ def load_lora(path: PathLike, base: PathLike | Mapping[str, torch.Tensor] | None
     return TaskVector(deltas)
 
 
-LoraModule = tuple[torch.Tensor, torch.Tensor, Union[float, None], str]  # down, up, alpha, a key for messages
+# down, up, alpha (None: alpha = rank), rsLoRA (alpha/√rank instead of alpha/rank), a key for messages
+def is_lora_file(path: PathLike) -> bool:
+    """Whether a file (or a folder holding one weight file) is a LoRA, by its tensor names. Safetensors files are
+    judged by their header; pickles only when small (a LoRA is MBs, a model GBs) so a model is never read twice."""
+    from safetensors import safe_open
+
+    p = existing_path(path)
+    if p.is_dir():
+        cands = sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))
+        if len(cands) != 1 or (p / "config.json").exists() or (p / "model_index.json").exists():
+            return False
+        p = cands[0]
+    if sniff(p) == "safetensors":
+        safetensors_metadata(p)  # a complete, valid header, else a one-line CheckpointError
+        with safe_open(str(p), framework="pt") as f:
+            keys = list(f.keys())
+    elif sniff(p) in ("zip", "pickle") and p.stat().st_size < LORA_PICKLE_MAX_BYTES:
+        keys = list(read_file(p)[0])
+    else:
+        return False
+    return any(is_lora_key(k) for k in keys)
+
+
+LORA_PICKLE_MAX_BYTES = 512 * 2**20
+
+LoraModule = tuple[torch.Tensor, torch.Tensor, Union[float, None], bool, str]
 
 
 def _diffusers_modules(tensors: dict[str, torch.Tensor], origin: str, meta: dict[str, str]) -> dict[str, LoraModule]:
@@ -113,8 +142,10 @@ def _diffusers_modules(tensors: dict[str, torch.Tensor], origin: str, meta: dict
             raise CheckpointError(f"{origin}: LoRA module {module!r} lacks its "
                                   f"{'down (lora_A)' if 'down' not in d else 'up (lora_B)'} weight; file is incomplete")
         target = _prefixed_target(module + ".weight", origin)
-        alpha = float(d["alpha"]) if "alpha" in d else _peft_alpha(adapter, target)
-        out[target] = (d["down"], d["up"], alpha, d["key"])
+        comp = target.split(".", 1)[0]
+        bare = module[len(comp) + 1:] if module.startswith(comp + ".") else module  # the name PEFT matched
+        alpha = float(d["alpha"]) if "alpha" in d else _peft_alpha(adapter, comp, bare, origin)
+        out[target] = (d["down"], d["up"], alpha, bool(adapter.get(f"{comp}.use_rslora")), d["key"])
     return out
 
 
@@ -127,12 +158,19 @@ def _prefixed_target(name: str, origin: str) -> str:
     return canonical_key(comp, name)
 
 
-def _peft_alpha(adapter: Mapping[str, Any], target: str) -> float | None:
-    """alpha from diffusers' saved PEFT config ({'unet.lora_alpha': …, 'unet.alpha_pattern': {…}}), if any."""
-    comp, name = target.split(".", 1)
-    module = name.rsplit(".", 1)[0]
+def _peft_alpha(adapter: Mapping[str, Any], comp: str, module: str, origin: str) -> float | None:
+    r"""alpha from diffusers' saved PEFT config (``{'unet.lora_alpha': …, 'unet.alpha_pattern': {…}}``), if any.
+
+    ``alpha_pattern`` keys are regular expressions matched against the module's name as PEFT matches them
+    (``peft.utils.other.get_pattern_key``: ``re.match(rf"(.*\.)?({key})$", name)``, first matching key wins).
+    """
     for pattern, a in (adapter.get(f"{comp}.alpha_pattern") or {}).items():
-        if module == pattern or module.endswith("." + pattern):
+        try:
+            hit = re.match(rf"(.*\.)?({pattern})$", module)
+        except re.error as e:
+            raise CheckpointError(f"{origin}: alpha_pattern key {pattern!r} in the file's metadata is not a valid "
+                                  f"regular expression ({e})") from None
+        if hit:
             return float(a)
     a = adapter.get(f"{comp}.lora_alpha")
     return float(a) if a is not None else None
@@ -174,7 +212,7 @@ def _kohya_modules(tensors: dict[str, torch.Tensor], origin: str,
             raise CheckpointError(f"{origin}: cannot map kohya LoRA {name!r} to a diffusers name (got {converted!r})")
         target = canonical_key(comp, f"{part[0]}.weight")
         alpha = float(sd[alpha_key]) if alpha_key in sd else None
-        out[target] = (sd[key], sd[up_key], alpha, key)
+        out[target] = (sd[key], sd[up_key], alpha, False, key)
         used.update((key, up_key, alpha_key))
     leftover = next((k for k in sd if k not in used), None)
     if leftover:
@@ -183,12 +221,16 @@ def _kohya_modules(tensors: dict[str, torch.Tensor], origin: str,
     return out
 
 
-def _lora_delta(down: torch.Tensor, up: torch.Tensor, alpha: float | None, scale: float, where: str) -> torch.Tensor:
-    """scale · (alpha/rank) · up @ down, reshaped to the adapted weight (linear, or conv with kernel on down)."""
+def _lora_delta(down: torch.Tensor, up: torch.Tensor, alpha: float | None, scale: float, where: str, *,
+                rslora: bool = False) -> torch.Tensor:
+    """scale · (alpha/rank) · up @ down (rsLoRA: alpha/√rank), reshaped to the adapted weight (linear, or conv with
+    the kernel on down). The rank is read off the tensors, so PEFT's ``rank_pattern`` needs no lookup."""
     rank = down.shape[0]
     if up.shape[1] != rank or (up.ndim == 4 and tuple(up.shape[2:]) != (1, 1)):
         raise CheckpointError(f"{where}: LoRA up {tuple(up.shape)} does not fit down {tuple(down.shape)}")
-    factor = scale * (alpha / rank if alpha is not None else 1.0)  # no alpha stored: alpha = rank
+    if alpha is None:
+        alpha = float(rank)  # no alpha stored: alpha = rank (diffusers' and PEFT's default for such files)
+    factor = scale * alpha / (math.sqrt(rank) if rslora else rank)
     delta = up.flatten(1).to(torch.float32) @ down.flatten(1).to(torch.float32)
     if down.ndim == 4:  # conv LoRA: down carries the kernel (r, in, kh, kw), up is 1×1 (out, r, 1, 1)
         delta = delta.reshape(up.shape[0], *down.shape[1:])

@@ -184,14 +184,18 @@ def get_method(name: str) -> MergeMethod:
 
 # --- the generalised pipeline ----------------------------------------------------------------------------------
 def _trim(x: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep each row's top ``density`` fraction of entries by magnitude (at least one), zero the rest.
+    """Keep each row's top ``k = int(density · numel)`` entries by magnitude, zero the rest.
 
-    x: (n_vectors, numel). Entries tied with the threshold magnitude are all kept, so the result is deterministic.
+    x: (n_vectors, numel). k rounds down as in PEFT (``magnitude_based_pruning``) and mergekit, so a tensor with
+    density · numel < 1 is dropped whole. Entries tied with the threshold magnitude are all kept, so the result is
+    deterministic (PEFT and mergekit keep an arbitrary k of them; with distinct magnitudes the results are equal).
     """
     numel = x.shape[1]
-    k = max(1, math.ceil(density * numel))
+    k = int(density * numel)
     if k >= numel:
         return x
+    if k == 0:
+        return torch.zeros_like(x)
     mags = x.abs()
     threshold = mags.topk(k, dim=1).values[:, -1:]      # k-th largest |value| of each row
     return x * (mags >= threshold)

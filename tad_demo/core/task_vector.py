@@ -24,7 +24,16 @@ from typing import Union
 
 import torch
 
-from .checkpoints import load_weights, read_safetensors
+from .checkpoints import (
+    COMPONENTS,
+    TASK_VECTOR_FORMAT,
+    existing_path,
+    is_lora_key,
+    load_weights,
+    read_file,
+    sniff,
+    to_module_keys,
+)
 from .errors import TaskVectorError
 from .scopes import SCOPES, scope_matcher
 
@@ -42,11 +51,11 @@ def _check_finite(t: torch.Tensor, key: str, origin: str) -> None:
         raise TaskVectorError(f"{origin}: tensor {key!r} contains NaN or Inf; the checkpoint is corrupt")
 
 
-def _load(source: Source, role: str) -> tuple[dict[str, torch.Tensor], str]:
+def _load(source: Source, role: str, components: tuple[str, ...] | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """A state dict and a name for error messages."""
     if isinstance(source, Mapping):
         return dict(source), f"{role} state dict"
-    return load_weights(source), str(source)
+    return load_weights(source, components), str(source)
 
 
 class TaskVector:
@@ -69,10 +78,12 @@ class TaskVector:
         """τ = finetuned − base over the fine-tuned side's float tensors that differ from the base.
 
         A fine-tuned side that covers only some tensors (a Kumari file: 32 cross-attention k/v tensors) gives
-        zero delta elsewhere. A key only in the fine-tuned side, or a shape mismatch, is an error.
+        zero delta elsewhere. A key only in the fine-tuned side, or a shape mismatch, is an error. A component
+        scope (``scope="unet"``) reads only that component of multi-component files and folders.
         """
-        base_sd, base_name = _load(base, "base")
-        ft_sd, ft_name = _load(finetuned, "fine-tuned")
+        comps = (scope,) if scope in COMPONENTS else None  # a component scope: read only that component
+        base_sd, base_name = _load(base, "base", comps)
+        ft_sd, ft_name = _load(finetuned, "fine-tuned", comps)
         if not ft_sd:
             raise TaskVectorError(f"{ft_name}: no tensors found")
         deltas: dict[str, torch.Tensor] = {}
@@ -147,20 +158,38 @@ class TaskVector:
 
     # --- application -----------------------------------------------------------------------------------
     def apply(self, state_dict: StateDict, scale: float = 1.0) -> dict[str, torch.Tensor]:
-        """θ + scale·τ as a new dict (untouched tensors are shared, not copied); fp32 math, base dtype kept."""
-        missing = [k for k in self.deltas if k not in state_dict]
+        """θ + scale·τ as a new dict (untouched tensors are shared, not copied); fp32 math, base dtype kept.
+
+        A vector on one component (keys ``unet.…``) also applies to that component's bare state dict
+        (``unet.state_dict()``); a vector on several components needs ``tv.component(name)`` for each.
+        """
+        deltas = self.deltas
+        missing = [k for k in deltas if k not in state_dict]
+        if missing:
+            deltas = self._on_bare_component(state_dict) or deltas
+            missing = [k for k in deltas if k not in state_dict]
         if missing:
             hint = ""
+            comps = sorted({k.split(".", 1)[0] for k in self.deltas})
             if "." in missing[0] and missing[0].split(".", 1)[1] in state_dict:
-                hint = f"; the vector's keys carry a component prefix: use tv.component({missing[0].split('.')[0]!r})"
+                hint = (f"; the vector's keys carry component prefixes ({', '.join(comps)}): apply "
+                        f"tv.component({missing[0].split('.')[0]!r}) to that component's state dict")
             raise TaskVectorError(f"{len(missing)} vector key(s) not in the state dict, e.g. {missing[0]!r}{hint}")
         out = dict(state_dict)
-        for k, d in self.deltas.items():
+        for k, d in deltas.items():
             b = state_dict[k]
             if b.shape != d.shape:
                 raise TaskVectorError(f"key {k!r}: vector shape {tuple(d.shape)} vs state dict {tuple(b.shape)}")
             out[k] = (b.to(torch.float32) + scale * d).to(b.dtype)
         return out
+
+    def _on_bare_component(self, state_dict: StateDict) -> dict[str, torch.Tensor] | None:
+        """The deltas renamed to a bare component state dict's keys, when the vector is on one component only."""
+        comps = {k.split(".", 1)[0] for k in self.deltas}
+        if len(comps) != 1 or next(iter(comps)) not in COMPONENTS:
+            return None
+        renamed = to_module_keys(self.component(next(iter(comps))).deltas, state_dict.keys())
+        return renamed if all(k in state_dict for k in renamed) else None
 
     # --- scopes ----------------------------------------------------------------------------------------
     def restrict(self, scope: str) -> TaskVector:
@@ -225,7 +254,7 @@ class TaskVector:
             tensors[k] = c.contiguous()
         if lost:
             log.warning("saving %s as %s: %d non-zero entries underflow to zero", path, dtype, lost)
-        meta = {"format": "tad_demo.task_vector", "version": "1"}
+        meta = {"format": TASK_VECTOR_FORMAT, "version": "1"}
         meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -236,11 +265,27 @@ class TaskVector:
 
     @classmethod
     def load(cls, path: str | Path) -> TaskVector:
-        """Read a vector written by ``save`` (any float dtype; values become fp32)."""
-        tensors = read_safetensors(path)
+        """Read a vector written by ``save`` (any float dtype; values become fp32).
+
+        The file must say it is one (``format`` metadata): model weights, Kumari checkpoints and LoRA files are
+        refused with the call that reads each.
+        """
+        p = existing_path(path)
+        if p.is_file() and sniff(p) in ("zip", "pickle"):
+            raise TaskVectorError(
+                f"{p} is not a task vector file (vectors are safetensors written by TaskVector.save / `vector`); if "
+                f"it is a checkpoint (model weights, a Kumari .ckpt or delta.bin), make a vector from it with "
+                f"`python -m tad_demo vector --base BASE --finetuned {p.name} --out tau.safetensors`")
+        tensors, meta = read_file(p)
+        if meta.get("format") != TASK_VECTOR_FORMAT:
+            fmt = f"format {meta['format']!r}" if meta.get("format") else "no format"
+            what = "a LoRA" if any(is_lora_key(k) for k in tensors) else "model weights"
+            raise TaskVectorError(f"{p} is {what} ({fmt} metadata; task vectors carry format "
+                                  f"{TASK_VECTOR_FORMAT!r}), not a task vector; make one with `python -m tad_demo "
+                                  f"vector --base BASE --finetuned {p.name} --out tau.safetensors`")
         for k, v in tensors.items():
             if v.is_floating_point():
-                _check_finite(v, k, str(path))
+                _check_finite(v, k, str(p))
         return cls(tensors)
 
 

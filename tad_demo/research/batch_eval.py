@@ -13,7 +13,9 @@ Recipe (:func:`run_eval`):
    has no row yet, and writes only the missing rows;
 4. shard: unit k belongs to process k mod K (``accelerate.PartialState``; one process without accelerate);
 5. per unit: generate, score with CLIP (per image: score of the target caption; accuracy 1 when the target's
-   score beats the anchor's), append the rows to this process's own part file in one write + flush + fsync;
+   score beats the anchor's; with ``hard_negatives: true`` also each hard negative's prompts on the same weights,
+   scored against that hard negative and the anchor, as Kumari et al.'s evaluate.py does), append the rows to
+   this process's own part file in one write + flush + fsync;
 6. gather (main process, after ``wait_for_everyone``): ``results.csv`` (one row per cell, sorted by cell id),
    ``summary.csv`` and ``summary.png`` (per concept and λ), next to ``eval.yaml`` (the resolved settings, which a
    resumed run must match).
@@ -46,8 +48,12 @@ from .report import text_table
 log = logging.getLogger(__name__)
 
 EVAL_VERSION = 1
-COLUMNS = ("cell_id", "concept", "anchor", "kind", "lambda", "prompt", "seed", "clip_score", "clip_accuracy")
-SUMMARY_COLUMNS = ("concept", "anchor", "kind", "lambda", "images", "clip_score", "clip_score_std", "clip_accuracy")
+# concept: whose vector the weights carry; target: the word the prompt and the CLIP score are about (the concept
+# itself, or one of its hard negatives).
+COLUMNS = ("cell_id", "concept", "target", "anchor", "kind", "lambda", "prompt", "seed", "clip_score",
+           "clip_accuracy")
+SUMMARY_COLUMNS = ("concept", "target", "anchor", "kind", "lambda", "images", "clip_score", "clip_score_std",
+                   "clip_accuracy")
 FORMATS = VECTOR_KINDS  # how a concept's checkpoint is read: ablation/finetuned weights, a saved τ, a LoRA
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "table_toy.yaml"
 MAX_CELLS = 1_000_000
@@ -84,6 +90,7 @@ class EvalSpec:
     height: int | None = None
     width: int | None = None
     batch_size: int = 8       # images per unit (one generate call); part of the settings a resume must match
+    hard_negatives: bool = False  # also evaluate each concept's hard negatives (their prompts, the concept's weights)
 
     @property
     def n_cells(self) -> int:
@@ -150,6 +157,13 @@ class EvalSpec:
             v = getattr(self, f)
             if v is not None and (not isinstance(v, str) or not v.strip()):
                 raise EvalError(f"{f}: {v!r} is empty; leave it out or give a path")
+        if not isinstance(self.hard_negatives, bool):
+            raise EvalError(f"hard_negatives: {self.hard_negatives!r} is not true or false")
+        for i, c in enumerate(self.concepts):
+            for h in c.hard_negatives:
+                if not isinstance(h, str) or not h.strip() or "\n" in h or h == c.name:
+                    raise EvalError(f"concepts[{i}].hard_negatives: {h!r} is not a one-line word other than the "
+                                    "concept's")
         if self.base is not None and self.clip is None:
             raise EvalError("clip: a CLIP model (folder, NAME/PRETRAINED or NAME:FILE) is required with base")
         if self.n_cells > MAX_CELLS:
@@ -159,7 +173,8 @@ class EvalSpec:
     # --- YAML --------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         def concept(c: Concept) -> Any:
-            d = {"name": c.name, "anchor": c.anchor, "kind": c.kind, "checkpoint": c.source, "format": c.format}
+            d = {"name": c.name, "anchor": c.anchor, "kind": c.kind, "checkpoint": c.source, "format": c.format,
+                 "hard_negatives": list(c.hard_negatives)}
             d = {k: v for k, v in d.items() if v and not (k == "format" and v == "ablation")}
             return c.name if list(d) == ["name"] else d
 
@@ -168,7 +183,7 @@ class EvalSpec:
                 "n_prompts": self.n_prompts, "prompt_seed": self.prompt_seed,
                 "prompts": {k: list(v) for k, v in self.prompts.items()}, "seeds": [int(s) for s in self.seeds],
                 "steps": self.steps, "guidance": self.guidance, "height": self.height, "width": self.width,
-                "batch_size": self.batch_size}
+                "batch_size": self.batch_size, "hard_negatives": self.hard_negatives}
 
     @classmethod
     def from_dict(cls, d: Any, base_dir: str | Path | None = None, origin: str = "eval") -> EvalSpec:
@@ -197,10 +212,13 @@ class EvalSpec:
             if isinstance(c, str):
                 concepts.append(Concept(c))
             elif isinstance(c, Mapping):
-                extra = sorted(set(c) - {"name", "anchor", "kind", "checkpoint", "format"})
+                extra = sorted(set(c) - {"name", "anchor", "kind", "checkpoint", "format", "hard_negatives"})
                 if extra:
                     raise EvalError(f"concepts[{i}].{extra[0]}: unknown key; use name, anchor, kind, checkpoint, "
-                                    "format")
+                                    "format, hard_negatives")
+                hard = c.get("hard_negatives") or []
+                if not isinstance(hard, list):
+                    raise EvalError(f"concepts[{i}].hard_negatives: {hard!r} is not a list of words")
                 for f in ("anchor", "checkpoint"):  # left out = taken from the world; given = a one-line value
                     v = c.get(f)
                     if v is not None and (not isinstance(v, str) or not v.strip() or "\n" in v or "\r" in v):
@@ -208,7 +226,8 @@ class EvalSpec:
                 ckpt = c.get("checkpoint")
                 concepts.append(Concept(
                     name=c.get("name"), kind=c.get("kind") or "", anchor=c.get("anchor") or "",
-                    source=_resolve(ckpt, base_dir) if ckpt else "", format=c.get("format", "ablation")))
+                    source=_resolve(ckpt, base_dir) if ckpt else "", format=c.get("format", "ablation"),
+                    hard_negatives=tuple(hard)))
             else:
                 raise EvalError(f"concepts[{i}]: {c!r} is neither a name nor a mapping")
         seeds = d.get("seeds", [42])
@@ -233,7 +252,8 @@ class EvalSpec:
                    prompts={str(k): v for k, v in prompts.items()},
                    prompt_seed=d.get("prompt_seed", defaults.prompt_seed), **paths,
                    steps=d.get("steps"), guidance=d.get("guidance"), height=d.get("height"), width=d.get("width"),
-                   batch_size=d.get("batch_size", defaults.batch_size))
+                   batch_size=d.get("batch_size", defaults.batch_size),
+                   hard_negatives=d.get("hard_negatives", defaults.hard_negatives))
         return spec.validate()
 
     @classmethod
@@ -288,12 +308,17 @@ def cell_id(concept: str, lam: float, prompt: str, seed: int) -> str:
 @dataclass(frozen=True)
 class Cell:
     cell_id: str
-    concept: str
+    concept: str   # whose vector (at λ) the weights carry
     anchor: str
     kind: str
     lam: float
     prompt: str
     seed: int
+    target: str = ""  # the word the prompt and the score are about: the concept (default) or a hard negative
+
+    @property
+    def word(self) -> str:
+        return self.target or self.concept
 
 
 @dataclass
@@ -327,10 +352,12 @@ def build_lab(spec: EvalSpec, models: Any = None) -> Lab:
             anchor = c.anchor or lab.anchor_of(c.name)
             if not anchor:
                 raise EvalError(f"concepts[{i}] ({c.name}): give an anchor (the concept the checkpoint maps it to)")
-            lab.concepts[c.name] = Concept(c.name, c.kind or lab.kind_of(c.name), anchor, c.source, c.format)
+            lab.concepts[c.name] = Concept(c.name, c.kind or lab.kind_of(c.name), anchor, c.source, c.format,
+                                           hard_negatives=c.hard_negatives)
         elif c.name in lab.concepts:
             old = lab.concepts[c.name]
-            lab.concepts[c.name] = replace(old, anchor=c.anchor or old.anchor, kind=c.kind or old.kind)
+            lab.concepts[c.name] = replace(old, anchor=c.anchor or old.anchor, kind=c.kind or old.kind,
+                                           hard_negatives=c.hard_negatives or old.hard_negatives)
         else:
             raise EvalError(f"concepts[{i}]: {c.name!r} is not a concept of the world (known: "
                             f"{', '.join(lab.concepts) or 'none'}); give anchor, kind and checkpoint")
@@ -349,16 +376,31 @@ def concept_prompts(spec: EvalSpec, lab: Lab, name: str) -> list[str]:
     return drawn[:spec.n_prompts]
 
 
+def hard_negative_prompts(prompts: Sequence[str], concept: str, word: str) -> list[str]:
+    """The concept's prompts with the concept's word replaced by a hard negative (as Kumari et al. replace the
+    anchor word by each target of their eval.json)."""
+    missing = next((p for p in prompts if concept not in p), None)
+    if missing is not None:
+        raise EvalError(f"hard_negatives: prompt {missing!r} does not contain {concept!r}, so it has no "
+                        f"{word!r} version; list prompts that name the concept")
+    return [p.replace(concept, word) for p in prompts]
+
+
 def plan(spec: EvalSpec, lab: Lab) -> list[Unit]:
-    """All units, in a fixed order: concept, λ, then chunks of (prompt, seed) cells in prompt-major order."""
+    """All units, in a fixed order: concept, λ, then chunks of (prompt, seed) cells in prompt-major order (the
+    concept's own prompts, then each hard negative's when the spec asks for them)."""
     units: list[Unit] = []
     for c in spec.concepts:
         concept = lab.concept(c.name)
         prompts = concept_prompts(spec, lab, c.name)
+        words = [(c.name, prompts)]
+        if spec.hard_negatives:
+            words += [(h, hard_negative_prompts(prompts, c.name, h)) for h in concept.hard_negatives]
         for lam in spec.lambdas:
             lam = float(lam) + 0.0
-            cells = [Cell(cell_id(c.name, lam, p, s), c.name, concept.anchor, concept.kind, lam, p, int(s))
-                     for p in prompts for s in spec.seeds]
+            cells = [Cell(cell_id(c.name, lam, p, s), c.name, concept.anchor, concept.kind, lam, p, int(s),
+                          target=w if w != c.name else "")
+                     for w, ps in words for p in ps for s in spec.seeds]
             for start in range(0, len(cells), spec.batch_size):
                 units.append(Unit(len(units), c.name, lam, cells[start:start + spec.batch_size]))
     return units
@@ -511,19 +553,25 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _row(cell: Cell, score: float, beats: bool) -> dict[str, str]:
-    return {"cell_id": cell.cell_id, "concept": cell.concept, "anchor": cell.anchor, "kind": cell.kind,
+    return {"cell_id": cell.cell_id, "concept": cell.concept, "target": cell.word, "anchor": cell.anchor,
+            "kind": cell.kind,
             "lambda": repr(cell.lam), "prompt": cell.prompt, "seed": str(cell.seed), "clip_score": repr(score),
             "clip_accuracy": "1" if beats else "0"}
 
 
 def run_unit(lab: Lab, unit: Unit) -> list[dict[str, str]]:
-    """Generate a unit's images in one call (λ = 0: the base, no patch) and score each against its anchor."""
-    c0 = unit.cells[0]
+    """Generate a unit's images in one call (λ = 0: the base, no patch) and score each image's word (the concept
+    or a hard negative) against the anchor."""
     combo = [(lab.vector(unit.concept), unit.lam)] if unit.lam != 0 else []
     images = lab.generate([c.prompt for c in unit.cells], [c.seed for c in unit.cells], combo,
                           batch_size=len(unit.cells))
-    scored = lab.scorer.per_image(images, c0.concept, c0.anchor, c0.kind)
-    return [_row(c, s, b) for c, (s, b) in zip(unit.cells, scored)]
+    rows: dict[int, dict[str, str]] = {}
+    for word in dict.fromkeys(c.word for c in unit.cells):
+        idx = [i for i, c in enumerate(unit.cells) if c.word == word]
+        c0 = unit.cells[idx[0]]
+        scored = lab.scorer.per_image([images[i] for i in idx], word, c0.anchor, c0.kind)
+        rows.update({i: _row(unit.cells[i], s, b) for i, (s, b) in zip(idx, scored)})
+    return [rows[i] for i in range(len(unit.cells))]
 
 
 def run_eval(spec: EvalSpec, out: str | Path, *, lab: Lab | None = None, processes: Processes | None = None,
@@ -605,7 +653,7 @@ def gather(out: Path, units: Sequence[Unit]) -> tuple[list[dict[str, str]], list
     w.writeheader()
     w.writerows(rows)
     _atomic_write(out / "results.csv", buf.getvalue())
-    summary = summarize(rows, [(u.concept, u.lam) for u in units])
+    summary = summarize(rows, [(c.concept, c.word, c.lam) for u in units for c in u.cells])
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     w.writeheader()
@@ -615,15 +663,16 @@ def gather(out: Path, units: Sequence[Unit]) -> tuple[list[dict[str, str]], list
     return rows, summary
 
 
-def summarize(rows: Sequence[Mapping[str, str]], order: Sequence[tuple[str, float]]) -> list[dict[str, Any]]:
-    """Per (concept, λ), in plan order: images, mean and std of the CLIP score, CLIP accuracy."""
-    groups: dict[tuple[str, float], list[Mapping[str, str]]] = {k: [] for k in dict.fromkeys(order)}
+def summarize(rows: Sequence[Mapping[str, str]], order: Sequence[tuple[str, str, float]]) -> list[dict[str, Any]]:
+    """Per (concept, target, λ), in plan order: images, mean and std of the CLIP score, CLIP accuracy."""
+    groups: dict[tuple[str, str, float], list[Mapping[str, str]]] = {k: [] for k in dict.fromkeys(order)}
     for r in rows:
-        groups[(r["concept"], float(r["lambda"]))].append(r)
+        groups[(r["concept"], r["target"], float(r["lambda"]))].append(r)
     out = []
-    for (concept, lam), rs in groups.items():
+    for (concept, target, lam), rs in groups.items():
         scores = [float(r["clip_score"]) for r in rs]
-        out.append({"concept": concept, "anchor": rs[0]["anchor"], "kind": rs[0]["kind"], "lambda": lam,
+        out.append({"concept": concept, "target": target, "anchor": rs[0]["anchor"], "kind": rs[0]["kind"],
+                    "lambda": lam,
                     "images": len(rs), "clip_score": statistics.fmean(scores),
                     "clip_score_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
                     "clip_accuracy": statistics.fmean(float(r["clip_accuracy"]) for r in rs)})
@@ -636,11 +685,14 @@ def plot_summary(summary: Sequence[Mapping[str, Any]], path: Path) -> None:
 
     fig = Figure(figsize=(9, 3.6), layout="constrained")
     axes = fig.subplots(1, 2)
-    for concept in dict.fromkeys(s["concept"] for s in summary):
-        pts = sorted((s["lambda"], s["clip_accuracy"], s["clip_score"]) for s in summary if s["concept"] == concept)
+    for concept, target in dict.fromkeys((s["concept"], s["target"]) for s in summary):
+        pts = sorted((s["lambda"], s["clip_accuracy"], s["clip_score"]) for s in summary
+                     if (s["concept"], s["target"]) == (concept, target))
         lams = [p[0] for p in pts]
-        axes[0].plot(lams, [p[1] for p in pts], marker="o", label=concept)
-        axes[1].plot(lams, [p[2] for p in pts], marker="o", label=concept)
+        label = concept if target == concept else f"{concept} → {target} (hard negative)"
+        style = "-" if target == concept else ":"
+        axes[0].plot(lams, [p[1] for p in pts], style, marker="o", label=label)
+        axes[1].plot(lams, [p[2] for p in pts], style, marker="o", label=label)
     axes[0].set(xlabel="λ (+1 ablates, −1 enhances)", ylabel="CLIP accuracy (target beats anchor)", ylim=(-0.05, 1.05))
     axes[1].set(xlabel="λ (+1 ablates, −1 enhances)", ylabel="CLIP score of the target")
     axes[0].legend(fontsize=8)
@@ -661,9 +713,9 @@ def cmd_eval(args: Any) -> dict[str, Any]:
 def print_eval(result: Mapping[str, Any]) -> None:
     if "summary" not in result:
         return  # a non-main process under accelerate: the main one prints the table
-    rows = [[s["concept"], s["anchor"], f"{s['lambda']:+g}" if s["lambda"] else "0", s["images"], s["clip_score"],
-             s["clip_accuracy"]] for s in result["summary"]]
-    print(text_table(["concept", "anchor", "λ", "images", "CLIP score", "CLIP accuracy"], rows))
+    rows = [[s["concept"], s["target"], s["anchor"], f"{s['lambda']:+g}" if s["lambda"] else "0", s["images"],
+             s["clip_score"], s["clip_accuracy"]] for s in result["summary"]]
+    print(text_table(["concept", "target", "anchor", "λ", "images", "CLIP score", "CLIP accuracy"], rows))
     print(f"\nwrote {result['results']} ({result['cells']} rows), {result['summary_csv']}, {result['plot']}; "
           f"{result['units_run']} of {result['units']} units run here in {result['seconds']:.1f} s on "
           f"{result['processes']} process(es)")
@@ -674,7 +726,9 @@ def register(subparsers: Any) -> None:
         "eval", help="resumable table: concepts × λ × prompts × seeds → CSV",
         description="Evaluate concepts × λ × prompts × seeds (one image per cell) with CLIP score and CLIP "
         "accuracy (target beats anchor), as in the papers' tables. Writes DIR/results.csv (one row per image, "
-        "sorted by cell id), DIR/summary.csv + summary.png (per concept and λ), DIR/eval.yaml. Interrupted runs "
+        "sorted by cell id), DIR/summary.csv + summary.png (per concept, target and λ), DIR/eval.yaml. With "
+        "'hard_negatives: true' in the config, each concept's hard negatives (e.g. snoopy → beagles) are "
+        "evaluated on the concept's weights too. Interrupted runs "
         "resume where they stopped (run the same command again). Under `accelerate launch --num_processes K -m "
         "tad_demo eval ...` the work is sharded over K processes. λ=+1 ablates, 0 is the base, −1 enhances.")
     p.add_argument("--config", help="table YAML (tad_eval: 1); default examples/table_toy.yaml (the toy world)")

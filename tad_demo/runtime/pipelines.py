@@ -21,7 +21,8 @@ def load_pipeline(base: str | Path, controlnet: str | Path | list | None = None,
     reads safetensors only (the hosted app: no pickle from the Hub is ever unpickled) and fails if there are none.
 
     1. base: a diffusers folder / Hub id via ``from_pretrained``; a ``.safetensors``/``.ckpt`` via
-       ``from_single_file`` (diffusers' own converters);
+       ``from_single_file`` (diffusers' own converters; configs from the folder it sits in when that is a
+       diffusers pipeline folder);
     2. controlnet(s): ``ControlNetModel.from_pretrained`` each, the pipeline class switched accordingly.
     """
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
@@ -31,7 +32,12 @@ def load_pipeline(base: str | Path, controlnet: str | Path | list | None = None,
         if use_safetensors and Path(base_s).suffix != ".safetensors":
             raise ValueError(f"{base_s}: a pickle checkpoint; only .safetensors weights are read here "
                              "(convert it with `python -m tad_demo convert`)")
-        pipe = StableDiffusionPipeline.from_single_file(base_s, torch_dtype=dtype)
+        # The component configs: the diffusers folder the file sits in, if it is one (the layout of the SD Hub
+        # repos, which ship the single file next to the diffusers folders), so no Hub access is needed; else
+        # diffusers fetches the default configs of the checkpoint's type.
+        folder = Path(base_s).expanduser().parent
+        config = str(folder) if (folder / "model_index.json").is_file() else None
+        pipe = StableDiffusionPipeline.from_single_file(base_s, torch_dtype=dtype, config=config)
     else:
         pipe = StableDiffusionPipeline.from_pretrained(base_s, torch_dtype=dtype, safety_checker=None,
                                                        requires_safety_checker=False, use_safetensors=use_safetensors)

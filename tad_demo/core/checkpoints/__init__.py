@@ -14,18 +14,22 @@ from .files import (
     PICKLE_SUFFIXES,
     PathLike,
     convert,
+    describe,
     existing_path,
     listing,
     read_file,
+    read_json,
     read_safetensors,
     safe_torch_load,
     safetensors_metadata,
+    sniff,
 )
 from .layouts import (
     DEFAULT_COMPONENTS,
     TASK_VECTOR_FORMAT,
     bare_component,
     canonical_key,
+    is_lora_key,
     ldm_unet_key_map,
     load_weights,
     read_unet_config,
@@ -34,6 +38,6 @@ from .layouts import (
 )
 
 __all__ = ["COMPONENTS", "DEFAULT_COMPONENTS", "PICKLE_SUFFIXES", "TASK_VECTOR_FORMAT", "CheckpointError", "PathLike",
-           "bare_component", "canonical_key", "convert", "existing_path", "ldm_unet_key_map", "listing",
-           "load_weights", "read_file", "read_safetensors", "read_unet_config", "safe_torch_load",
-           "safetensors_metadata", "to_module_keys", "with_prefix"]
+           "bare_component", "canonical_key", "convert", "describe", "existing_path", "is_lora_key",
+           "ldm_unet_key_map", "listing", "load_weights", "read_file", "read_json", "read_safetensors",
+           "read_unet_config", "safe_torch_load", "safetensors_metadata", "sniff", "to_module_keys", "with_prefix"]

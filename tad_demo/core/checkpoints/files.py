@@ -4,6 +4,7 @@
     read_safetensors("model.safetensors")      # {name: tensor}, exactly as stored
     safe_torch_load("kumari.ckpt")             # what the pickle holds; anything needing code is refused
     read_file(path)                            # (flat {name: tensor}, safetensors metadata) of either kind
+    describe(path)                             # what a file that is no checkpoint is: "a Git LFS pointer", …
     convert("model.ckpt", "model.safetensors") # pickle -> safetensors, loaded with weights_only=True
 
 Names are returned as stored; turning them into canonical diffusers names is ``layouts.py``'s job.
@@ -39,6 +40,19 @@ def existing_path(path: PathLike) -> Path:
     return p
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file (config.json, model_index.json, an index of shards), or one line naming it and what is wrong."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not a JSON file: it is {describe(path)}") from None
+    except json.JSONDecodeError as e:
+        what = describe(path)
+        found = "" if what.startswith("a JSON") else f"; it is {what}"
+        raise CheckpointError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}, column {e.colno}){found}; "
+                              "the file is corrupt or not a config: download or write it again") from None
+
+
 def listing(folder: Path, limit: int = 8) -> str:
     names = sorted(x.name + ("/" if x.is_dir() else "") for x in folder.iterdir())
     more = f", … ({len(names) - limit} more)" if len(names) > limit else ""
@@ -59,6 +73,33 @@ def sniff(path: Path) -> str:
     return "unknown"
 
 
+def describe(path: Path) -> str:
+    """What a file that is neither safetensors nor a PyTorch pickle holds, in words, for one-line errors:
+    'an empty file', 'a Git LFS pointer (…)', 'an HTML page', 'a JSON text file', 'a text file ("…")' or
+    'unrecognised binary data'."""
+    size = path.stat().st_size
+    if size == 0:
+        return "an empty file (0 bytes)"
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"version https://git-lfs.github.com/spec/"):
+        return ("a Git LFS pointer, not the file itself (fetch it with `git lfs pull`, or download the file "
+                "rather than the pointer)")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        text = head[: e.start].decode("utf-8") if e.start > len(head) - 4 else None  # a character cut at 4096
+    if text is None or "\x00" in text:
+        return f"unrecognised binary data ({size} bytes; random bytes or a corrupt download)"
+    low = text.lstrip().lower()
+    if low.startswith(("<!doctype html", "<html")) or "<html" in low[:512]:
+        return "an HTML page (a web page saved instead of the file: download the file's raw/resolve link)"
+    if low.startswith(("{", "[")):
+        return "a JSON text file, not weights"
+    first = text.strip().splitlines()[0][:60] if text.strip() else ""
+    return f"a text file ({first!r}…), not weights"
+
+
 def _one_line(text: str) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(text))
     return " ".join(text.split())
@@ -70,22 +111,24 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
     kind = sniff(path) if size else "empty"
     if kind in ("zip", "pickle"):
         raise CheckpointError(
-            f"{path} is not a safetensors file (it looks like a PyTorch pickle); rename it to .ckpt/.bin and use "
-            f"`python -m tad_demo convert`")
+            f"{path} is not a safetensors file (it looks like a PyTorch pickle); make a real one with "
+            f"`python -m tad_demo convert {path.name} OUT.safetensors`")
+    if kind == "unknown" and not _looks_cut(path):
+        raise CheckpointError(f"{path} is not a safetensors file: it is {describe(path)}")
     if size < 8:
         raise CheckpointError(f"{path}: file is truncated ({size} bytes); download or write it again")
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         if n > size - 8:
             if kind != "safetensors":
-                raise CheckpointError(f"{path} is not a safetensors file (no valid header); check what the file is")
+                raise CheckpointError(f"{path} is not a safetensors file: it is {describe(path)}")
             raise CheckpointError(f"{path}: file is truncated (header of {n} bytes, file of {size}); "
                                   "download or write it again")
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path} is not a safetensors file (header is not JSON: {e}); "
-                                  "check what the file is") from None
+            raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON: {_one_line(e)}); "
+                                  "it may be corrupt: download or write it again") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} is not a safetensors file (header is not a JSON object)")
     try:
@@ -97,6 +140,13 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: file is truncated (needs {8 + n + end} bytes, has {size}); "
                               "download or write it again")
     return header
+
+
+def _looks_cut(path: Path) -> bool:
+    """A safetensors file cut inside its 8-byte length or its header (sniff needs 9 bytes and a '{')."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) < 9 and (len(head) < 8 or int.from_bytes(head[:8], "little") < 100_000_000)
 
 
 def safetensors_metadata(path: PathLike) -> dict[str, str]:
@@ -126,11 +176,16 @@ def safe_torch_load(path: PathLike) -> Any:
     p = existing_path(path)
     if p.is_dir():
         raise CheckpointError(f"{p} is a folder, not a checkpoint file; use load_weights() for model folders")
-    if sniff(p) == "safetensors":
+    kind = sniff(p) if p.stat().st_size else "empty"
+    if kind == "safetensors":
         log.warning("%s is a safetensors file despite its name; reading it as safetensors", p)
         return read_safetensors(p)
+    if kind not in ("zip", "pickle"):
+        raise CheckpointError(f"{p} is not a PyTorch checkpoint: it is {describe(p)}")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        # An open file, not the path: torch.load would hand a path ending in .safetensors to safetensors.
+        with open(p, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = _one_line(e)
         found = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
@@ -141,8 +196,9 @@ def safe_torch_load(path: PathLike) -> Any:
             "it, load it yourself in a trusted environment and save the weights with safetensors "
             "(safetensors.torch.save_file)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{p}: cannot read PyTorch checkpoint ({_one_line(e)[:200]}); the file may be "
-                              "truncated or corrupt: download or write it again") from None
+        what = "an incomplete PyTorch zip archive" if kind == "zip" else "an incomplete or corrupt PyTorch pickle"
+        raise CheckpointError(f"{p}: file is truncated or corrupt: {what} ({_one_line(e)[:120]}); download or write "
+                              "it again") from None
 
 
 def _weights_only_reason(msg: str) -> str:
@@ -151,13 +207,14 @@ def _weights_only_reason(msg: str) -> str:
 
 
 def read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Flat tensors and safetensors metadata of a single checkpoint file (safetensors or pickle)."""
-    if path.suffix == ".safetensors":
+    """Flat tensors and safetensors metadata of a single checkpoint file (safetensors or pickle).
+
+    A ``.safetensors`` name must hold safetensors; other names (``.ckpt``/``.bin``/``.pt``, and names without a
+    suffix such as Kumari's intermediate ``delta-<step>`` files) are read by what their bytes are.
+    """
+    if path.suffix == ".safetensors" or (path.suffix not in PICKLE_SUFFIXES and sniff(path) == "safetensors"):
         return read_safetensors(path), safetensors_metadata(path)
-    if path.suffix in PICKLE_SUFFIXES:
-        return flatten_state(safe_torch_load(path), str(path)), {}
-    raise CheckpointError(f"{path}: unsupported file type {path.suffix!r}; expected .safetensors or one of "
-                          f"{', '.join(PICKLE_SUFFIXES)}")
+    return flatten_state(safe_torch_load(path), str(path)), {}
 
 
 def flatten_state(obj: Any, origin: str) -> dict[str, torch.Tensor]:

@@ -18,7 +18,6 @@ LDM names are converted with diffusers' own converters (``diffusers.loaders.sing
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Collection, Iterable, Mapping
@@ -28,7 +27,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..errors import CheckpointError
-from .files import COMPONENTS, PathLike, existing_path, listing, read_file
+from .files import COMPONENTS, PathLike, existing_path, listing, read_file, read_json
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +57,8 @@ CLIP_INNER_ROOTS = ("embeddings.", "encoder.", "final_layer_norm.")  # CLIPTextM
 
 # LDM/CompVis single-file prefixes: UNet, CLIP text encoder, VAE (as in diffusers' single_file_utils).
 LDM_UNET, LDM_CLIP, LDM_VAE = "model.diffusion_model.", "cond_stage_model.", "first_stage_model."
+# Kumari's CompVis get_deltas.py --newtoken N stores the N new tokens' embedding rows under this key.
+KUMARI_EMBED = "embed"
 
 
 # --- the entry point ---------------------------------------------------------------------------------------
@@ -87,7 +88,10 @@ def load_weights(path: PathLike, components: Iterable[str] | str | None = None, 
         raise CheckpointError(f"{p}: no tensors found")
     lora_key = next((k for k in tensors if is_lora_key(k)), None)
     if lora_key:
-        raise CheckpointError(f"{p} is a LoRA (key {lora_key!r}), not model weights; use load_lora()")
+        raise CheckpointError(f"{p} is a LoRA (key {lora_key!r}), not model weights; read it with "
+                              "tad_demo.load_lora(path, base=…) (CLI: `vector --base BASE --finetuned LORA`)")
+    if KUMARI_EMBED in tensors:
+        tensors = _kumari_embed(tensors, str(p), comps)
     if any(k.startswith((LDM_UNET, LDM_CLIP, LDM_VAE)) for k in tensors):
         return _convert_ldm(tensors, str(p), comps, unet_config)
     out, multi = _prefix_diffusers(tensors, str(p))
@@ -120,7 +124,7 @@ def _load_pipeline_folder(folder: Path, comps: tuple[str, ...]) -> dict[str, tor
     for comp in comps:
         sub = folder / comp
         if not sub.is_dir():
-            index = json.loads((folder / "model_index.json").read_text())
+            index = read_json(folder / "model_index.json")
             present = [k for k, v in index.items() if isinstance(v, list) and v[0] and (folder / k).is_dir()]
             raise CheckpointError(f"{folder}: pipeline has no {comp}/ folder (it has: {', '.join(present)}); "
                                   f"request only components it has")
@@ -134,7 +138,7 @@ def _load_model_folder(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _component_of_config(config_path: Path) -> str:
-    cfg = json.loads(config_path.read_text())
+    cfg = read_json(config_path)
     names = [cfg.get("_class_name")] + list(cfg.get("architectures") or [])
     for name in names:
         if name in CLASS_TO_COMPONENT:
@@ -158,7 +162,7 @@ def _read_model_weights(folder: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{folder}: no weights found (looked for {', '.join(WEIGHT_FILES)}); it has: "
                               f"{listing(folder)}")
     if found.name.endswith(".index.json"):
-        weight_map = json.loads(found.read_text()).get("weight_map", {})
+        weight_map = read_json(found).get("weight_map", {})
         out: dict[str, torch.Tensor] = {}
         for shard in sorted(set(weight_map.values())):
             out.update(read_file(existing_path(folder / shard))[0])
@@ -240,6 +244,27 @@ def is_lora_key(key: str) -> bool:
 
 
 # --- single files in LDM / CompVis layout ------------------------------------------------------------------
+
+def _kumari_embed(tensors: dict[str, torch.Tensor], origin: str, comps: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """A Kumari CompVis file's ``embed`` entry: the embeddings of tokens the fine-tune *added* to the vocabulary.
+
+    A task vector is a difference of same-shaped weights, and the base's tokenizer has no such tokens, so the entry
+    cannot be applied. It is refused when the text encoder is requested; the UNet part alone is a valid vector.
+    """
+    embed = tensors[KUMARI_EMBED]
+    if "text_encoder" in comps:
+        n = embed.shape[0] if embed.ndim == 2 else "?"
+        raise CheckpointError(
+            f"{origin}: entry 'embed' holds the embeddings of {n} token(s) that the fine-tune added to the vocabulary "
+            "(Kumari's --newtoken); the base's tokenizer has no such tokens, so a task vector cannot carry them; use "
+            "the UNet part only: scope='unet' (CLI: --scope unet) or components=('unet',)")
+    rest = {k: v for k, v in tensors.items() if k != KUMARI_EMBED}
+    if not rest:
+        raise CheckpointError(f"{origin}: holds only 'embed' (new-token embeddings, Kumari's --newtoken), no weights "
+                              "of the requested components")
+    log.info("%s: leaving out 'embed' (new-token embeddings; the text encoder was not requested)", origin)
+    return rest
+
 
 def _convert_ldm(tensors: dict[str, torch.Tensor], origin: str, comps: tuple[str, ...],
                  unet_config: Mapping[str, Any] | PathLike | None) -> dict[str, torch.Tensor]:
@@ -350,7 +375,7 @@ def read_unet_config(source: Mapping[str, Any] | PathLike) -> Mapping[str, Any]:
             p = p / "unet" / "config.json" if (p / "model_index.json").is_file() else p / "config.json"
         if not p.is_file():
             raise CheckpointError(f"{p}: no UNet config.json here; pass a diffusers pipeline or UNet folder")
-        cfg = json.loads(p.read_text())
+        cfg = read_json(p)
         where = str(p)
     if "layers_per_block" not in cfg:
         raise CheckpointError(f"{where}: no 'layers_per_block'; pass a diffusers UNet config")

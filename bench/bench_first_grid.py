@@ -9,7 +9,7 @@ A script, not a timed unit test (numbers on a shared machine are noisy: compare 
 within one process and one run). For each launch: start `python app.py` on a free port (HF_HUB_OFFLINE=1, a
 temporary TAD_WORK_DIR), wait for HTTP 200 on `/`, then at once submit a /grid (seed 1) through gradio_client —
 the **first grid** — then two more with other seeds — **warm grids**. Each /grid is timed from submit to its
-result; the **first cell** is when the job first reports a streamed output. Targets (issue 13): first grid ≤ 1.5×
+result; the **first cell** is when the job first reports a streamed output. Targets: first grid ≤ 1.5×
 a warm grid with the warm start; first cell ≤ ~1 s on the toy world.
 """
 

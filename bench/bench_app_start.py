@@ -76,13 +76,18 @@ def time_to_page(argv: list[str], env: dict[str, str], port: int, timeout: float
                 pass
             time.sleep(0.05)
     finally:
-        proc.terminate()  # our own child, by its handle
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log_file.close()
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop our own child process, by its handle: terminate, then kill if it has not exited within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,12 +26,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_app_start import free_port, stop  # noqa: E402  (the benches' shared app launch helpers)
 
 
 def wait_for_page(url: str, proc: subprocess.Popen, timeout: float) -> float:
@@ -84,11 +79,7 @@ def launch(warm: bool, timeout: float) -> dict[str, float]:
                 "warm": statistics.median(t for t, _ in warm_runs),
                 "warm_cell": statistics.median((c or float("nan")) for _, c in warm_runs)}
     finally:
-        proc.terminate()  # our own child, by its handle
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def main(argv: list[str] | None = None) -> int:

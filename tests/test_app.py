@@ -601,6 +601,11 @@ def test_cells_stream_in_as_they_finish_then_the_full_outputs(served):
     assert 1 <= len(first[5]["data"]) == len(first[4])  # the metrics table's rows fill in with the cells
     final = got[-1]
     assert Path(final[0]).is_file() and len(final[5]["data"]) == 3 and len(final[4]) == 3
+    # each finished cell comes with its CLIP numbers, the same as the finished grid's for that cell
+    final_rows = {tuple(r[:3]): r for r in final[5]["data"]}
+    for row in first[5]["data"]:
+        assert isinstance(row[3], float) and isinstance(row[4], float), row
+        assert row == final_rows[tuple(row[:3])]
 
 
 def test_a_closed_or_cancelled_event_stops_the_run_and_keeps_finished_cells(served):

@@ -5,7 +5,8 @@
     save(result, "out/")   # grid/io.py
 
 ``progress(stage, i, n)`` is called with stages ``"loading"``, ``"building vectors"``,
-``"denoising step s/N of cell j/M"`` (i/n counts denoising steps over the whole grid) and ``"scoring"``.
+``"denoising step s/N of cell j/M"`` (i/n counts denoising steps over the whole grid) and ``"scoring"`` (i/n counts
+pipeline calls: each is scored as soon as it ends).
 ``cancel()`` is polled before each stage and after every denoising step; when it returns true, :class:`Cancelled`
 is raised and the weights are back at the base (the patcher's context manager restores them).
 
@@ -39,8 +40,11 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
 Images = dict[tuple[tuple, str], list[Image.Image]]  # (weight key, control kind) → one image per seed
-# Finished cells, as soon as their pipeline call ends: (control kind, row, col, one image per seed) each.
-FinishedFn = Callable[[list[tuple[str, int, int, list[Image.Image]]]], None]
+Metrics = dict[tuple[tuple, str], list[dict[str, Any]]]  # the same keys → one {metric column: value} per seed
+METRIC_COLUMNS = ("clip_score_object", "clip_accuracy_object", "clip_score_style", "clip_accuracy_style")
+# Finished cells, as soon as their pipeline call ends and is scored:
+# (control kind, row, col, one image per seed, one {metric column: value} per seed) each.
+FinishedFn = Callable[[list[tuple[str, int, int, list[Image.Image], list[dict[str, Any]]]]], None]
 
 
 class Reporter:
@@ -68,11 +72,13 @@ def run_grid(spec: GridSpec, *, models: Models | None = None, progress: Progress
        against the live base (cached in ``models``) and the inputs' hashes;
     2. plan: which cells share weights, which pipeline calls generate them (``GridPlan``);
     3. denoise: for each call, patch its weights (restored after each, also on errors/cancel) and sample;
-    4. metrics: CLIP score / accuracy per image, target vs anchor;
-    5. results: cells with their recipes, labelled grid images.
+       score its images at once (CLIP score / accuracy per image, target vs anchor);
+    4. cells and metrics rows, one per cell × seed, with their recipes;
+    5. results: labelled grid images.
 
-    ``on_cells`` (optional) gets the cells of each pipeline call as soon as it ends (to show them while the rest
-    of the grid is generated); it is called from this thread, under the model lock, so it must be quick.
+    ``on_cells`` (optional) gets the cells of each pipeline call, with their metrics, as soon as the call ends (to
+    show them while the rest of the grid is generated); it is called from this thread, under the model lock, so it
+    must be quick.
     """
     spec.validate()
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -95,13 +101,13 @@ def run_grid(spec: GridSpec, *, models: Models | None = None, progress: Progress
                       for c in spec.controls if c.kind != "none"}
         log.info("grid: %d cells × %d control(s) × %d seed(s) → %d pipeline call(s), %d denoising steps",
                  len(plan.cells), len(spec.controls), len(spec.seeds), len(plan.calls), plan.total_steps)
-        # 3. denoise
+        # 3. denoise and score
         with _timed(timings, "denoising"):
-            images = _denoise(plan, vectors, pipes, conditions, models, report, batch_size, on_cells)
-        # 4. metrics
-        with _timed(timings, "scoring"):
-            cells = _cells(plan, images)
-            rows = score_cells(spec, cells, scorer, report)
+            images, metrics = _denoise(plan, vectors, pipes, conditions, models, report, batch_size, scorer,
+                                       on_cells)
+        # 4. cells and metrics rows
+        cells, cell_metrics = _cells(plan, images, metrics)
+        rows = metric_rows(spec, cells, cell_metrics)
         # 5. results
         with _timed(timings, "render"):
             grids = {ctl.kind: render_grid(spec, [c for c in cells if c.control == ctl.kind],
@@ -160,10 +166,13 @@ def _hashed(spec: GridSpec) -> GridSpec:
 
 
 def _denoise(plan: GridPlan, vectors: Mapping[str, Any], pipes: Mapping[str, Any], conditions: Mapping[str, Any],
-             models: Models, report: Reporter, batch_size: int, on_cells: FinishedFn | None = None) -> Images:
-    """Every pipeline call of the plan under its weights: all its controls × all seeds in one sample() call."""
+             models: Models, report: Reporter, batch_size: int, scorer: Any = None,
+             on_cells: FinishedFn | None = None) -> tuple[Images, Metrics]:
+    """Every pipeline call of the plan under its weights: all its controls × all seeds in one sample() call,
+    scored as soon as it ends (after the weights are restored)."""
     spec, n_seeds, total = plan.spec, len(plan.spec.seeds), plan.total_steps
     images: Images = {}
+    metrics: Metrics = {}
     done = 0
     for j, call in enumerate(plan.calls):
         report.check()
@@ -188,49 +197,58 @@ def _denoise(plan: GridPlan, vectors: Mapping[str, Any], pipes: Mapping[str, Any
                          list(spec.seeds) * len(call.controls), steps=spec.steps, guidance=spec.guidance,
                          height=spec.height, width=spec.width, batch_size=batch_size, prompt_cache=cache,
                          callback=on_step, **kwargs)
+        report("scoring", j, len(plan.calls))
+        scored = image_metrics(spec, scorer, out)
         for g, ctl in enumerate(call.controls):
             images[(call.weights, ctl.kind)] = out[g * n_seeds:(g + 1) * n_seeds]
+            metrics[(call.weights, ctl.kind)] = scored[g * n_seeds:(g + 1) * n_seeds]
+        report("scoring", j + 1, len(plan.calls))
         if on_cells is not None:
-            on_cells([(ctl.kind, r, c, images[(call.weights, ctl.kind)]) for ctl in call.controls
-                      for r, c in plan.groups[call.weights]])
-    return images
+            on_cells([(ctl.kind, r, c, images[(call.weights, ctl.kind)], metrics[(call.weights, ctl.kind)])
+                      for ctl in call.controls for r, c in plan.groups[call.weights]])
+    return images, metrics
 
 
-def _cells(plan: GridPlan, images: Images) -> list[Cell]:
-    """One Cell per control and grid position (controls first, then row-major), with its images and recipe."""
+def _cells(plan: GridPlan, images: Images, metrics: Metrics) -> tuple[list[Cell], list[list[dict[str, Any]]]]:
+    """One Cell per control and grid position (controls first, then row-major), with its images and recipe; and
+    each cell's per-seed metrics, in the same order."""
     spec = plan.spec
     rows, cols = spec.row_lambdas, spec.col_lambdas
-    return [Cell(control=ctl.kind, row=r, col=c, object_lambda=rows[r], style_lambda=cols[c], prompt=spec.prompt,
-                 seeds=list(spec.seeds), images=images[(weight_key(terms), ctl.kind)], recipe=plan.recipe(terms))
-            for ctl in spec.controls for (r, c), terms in plan.cells.items()]
+    order = [(ctl.kind, r, c, terms) for ctl in spec.controls for (r, c), terms in plan.cells.items()]
+    cells = [Cell(control=kind, row=r, col=c, object_lambda=rows[r], style_lambda=cols[c], prompt=spec.prompt,
+                  seeds=list(spec.seeds), images=images[(weight_key(terms), kind)], recipe=plan.recipe(terms))
+             for kind, r, c, terms in order]
+    return cells, [metrics[(weight_key(terms), kind)] for kind, _, _, terms in order]
 
 
-def score_cells(spec: GridSpec, cells: Sequence[Cell], scorer: Any, report: Reporter) -> list[dict[str, Any]]:
-    """Metrics rows, one per cell × seed: CLIP score of the target caption and whether it beats the anchor's."""
-    flat = [(cell, s, im) for cell in cells for s, im in zip(cell.seeds, cell.images)]
-    obj = sty = None
-    if scorer is not None:
-        report("scoring", 0, 1)
-        feats = scorer.image_features([im for *_, im in flat])  # each image encoded once for both axes
-        if spec.object:
-            obj = scorer.per_image(feats, spec.object.name, spec.object.anchor, "object")
-        if spec.style:
-            sty = scorer.per_image(feats, spec.style.name, spec.style.anchor, "style")
-        report("scoring", 1, 1)
+def image_metrics(spec: GridSpec, scorer: Any, images: Sequence[Image.Image]) -> list[dict[str, Any]]:
+    """Per image, for each axis with a concept: the CLIP score of the target caption and whether it beats the
+    anchor's (``None`` without a CLIP model or without that axis). Each image is encoded once for both axes."""
+    out: list[dict[str, Any]] = [dict.fromkeys(METRIC_COLUMNS) for _ in images]
+    if scorer is None or not images:
+        return out
+    feats = scorer.image_features(list(images))
+    for axis, concept in (("object", spec.object), ("style", spec.style)):
+        if concept:
+            for m, (score, hit) in zip(out, scorer.per_image(feats, concept.name, concept.anchor, axis)):
+                m[f"clip_score_{axis}"], m[f"clip_accuracy_{axis}"] = score, float(hit)
+    return out
+
+
+def metric_rows(spec: GridSpec, cells: Sequence[Cell], cell_metrics: Sequence[Sequence[dict[str, Any]]]
+                ) -> list[dict[str, Any]]:
+    """Metrics rows, one per cell × seed (the columns of metrics.csv); ``cell_metrics`` is aligned with ``cells``."""
     extra = ";".join(f"{e.name}={float(e.lam):g}" for e in spec.extra)
     rows = []
-    for i, (cell, seed, _) in enumerate(flat):
-        rows.append({
-            "object_lambda": cell.object_lambda, "style_lambda": cell.style_lambda, "control": cell.control,
-            "seed": seed, "prompt": cell.prompt,
-            "clip_score_object": obj[i][0] if obj else None,
-            "clip_accuracy_object": float(obj[i][1]) if obj else None,
-            "clip_score_style": sty[i][0] if sty else None,
-            "clip_accuracy_style": float(sty[i][1]) if sty else None,
-            "object": spec.object.name if spec.object else None,
-            "object_anchor": spec.object.anchor if spec.object else None,
-            "style": spec.style.name if spec.style else None,
-            "style_anchor": spec.style.anchor if spec.style else None,
-            "extra": extra, "row": cell.row, "col": cell.col, "image": f"images/{cell.image_name(seed)}",
-        })
+    for cell, per_seed in zip(cells, cell_metrics):
+        for seed, m in zip(cell.seeds, per_seed):
+            rows.append({
+                "object_lambda": cell.object_lambda, "style_lambda": cell.style_lambda, "control": cell.control,
+                "seed": seed, "prompt": cell.prompt, **m,
+                "object": spec.object.name if spec.object else None,
+                "object_anchor": spec.object.anchor if spec.object else None,
+                "style": spec.style.name if spec.style else None,
+                "style_anchor": spec.style.anchor if spec.style else None,
+                "extra": extra, "row": cell.row, "col": cell.col, "image": f"images/{cell.image_name(seed)}",
+            })
     return rows

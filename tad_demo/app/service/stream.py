@@ -1,8 +1,8 @@
-"""A running grid as it fills in: the cells finished so far, placed where they will be in the grid, for the UI to
-show while the rest is generated (the labelled grid, the metrics and the files replace it at the end).
+"""A running grid as it fills in: the cells finished so far, placed where they will be in the grid, with their CLIP
+metrics, for the UI to show while the rest is generated (the labelled grid and the files replace it at the end).
 
     view = PartialGrid(spec)
-    view.add([("none", 0, 2, [image_seed_42])])     # what run_grid's on_cells reports
+    view.add([("none", 0, 2, [image_seed_42], [metrics_seed_42])])     # what run_grid's on_cells reports
     view.mosaics()   # {"none": PIL image with the finished cells in place, grey where a cell is still running}
     view.gallery()   # [(image, "none · object λ=+1 · style λ=−1 · seed 42"), …]
 """
@@ -15,8 +15,6 @@ from PIL import Image
 
 from ...grid import GridSpec
 from .outputs import lam_text, summary_table
-
-METRICS = ("clip_score_object", "clip_accuracy_object", "clip_score_style", "clip_accuracy_style")
 
 GAP = 4
 MIN_TILE = 96          # small toy-world images are enlarged so a 3×3 mosaic is readable
@@ -31,14 +29,16 @@ class PartialGrid:
         self.rows, self.cols = spec.row_lambdas, spec.col_lambdas
         self.kinds = [c.kind for c in spec.controls]
         self.cells: dict[tuple[str, int, int], list[Image.Image]] = {}
+        self.metrics: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
 
     @property
     def total(self) -> int:
         return len(self.rows) * len(self.cols) * len(self.kinds)
 
-    def add(self, finished: list[tuple[str, int, int, list[Image.Image]]]) -> None:
-        for kind, r, c, images in finished:
+    def add(self, finished: list[tuple[str, int, int, list[Image.Image], list[dict[str, Any]]]]) -> None:
+        for kind, r, c, images, metrics in finished:
             self.cells[(kind, r, c)] = list(images)
+            self.metrics[(kind, r, c)] = list(metrics)
 
     def mosaics(self) -> dict[str, Image.Image]:
         """One image per control: the first seed of every finished cell at its place."""
@@ -66,18 +66,16 @@ class PartialGrid:
         return items
 
     def table(self) -> dict[str, Any]:
-        """The metrics table's rows of the finished cells (their CLIP numbers come with the finished grid)."""
+        """The metrics table's rows of the finished cells, with their CLIP numbers (means over seeds)."""
         rows = [{"control": kind, "row": r, "col": c, "object_lambda": self.rows[r], "style_lambda": self.cols[c],
-                 **dict.fromkeys(METRICS, "")}
-                for (kind, r, c), images in sorted(self.cells.items(),
-                                                   key=lambda kv: (self.kinds.index(kv[0][0]), kv[0][1:]))
-                for _ in images]
+                 **m}
+                for (kind, r, c) in sorted(self.cells, key=lambda k: (self.kinds.index(k[0]), k[1:]))
+                for m in self.metrics[(kind, r, c)]]
         return summary_table(rows, {"object": {"name": self.spec.object.name} if self.spec.object else None,
                                     "style": {"name": self.spec.style.name} if self.spec.style else None})
 
     def status(self) -> str:
-        return (f"**{len(self.cells)} of {self.total} cells** finished… (CLIP metrics are computed when every cell "
-                "is done)")
+        return f"**{len(self.cells)} of {self.total} cells** finished…"
 
 
 __all__ = ["PartialGrid"]

@@ -12,7 +12,13 @@ and benchmarks run on when the real models cannot be downloaded.
 
 The tokenizer is the real SD/OpenAI CLIP tokenizer, rebuilt offline from the BPE file open_clip ships. Weights are
 seeded (``torch.manual_seed``), so two builds are equal; ``STAMP`` names what was built (configs + this recipe)
-and a folder whose stamp differs is rebuilt. Run ``python bench/sd_v1_world.py DIR`` to build one by hand.
+and a folder whose stamp differs is rebuilt. Run ``python bench/sd_v1_world.py DIR [--narrow]`` to build one by hand.
+
+``narrow=True`` builds the suite's variant: SD-1.x's topology — every block, attention, parameter name and rank, the
+768-wide text conditioning, the full-size text encoder, tokenizer and CLIP — with the UNet, ControlNet and VAE at a
+tenth of their channel widths (``NARROW``). The full-size world is 6.3 GB and takes minutes to build and seconds
+per UNet pass on 2 CPU cores; what the end-to-end test checks (layouts, key names, conversions, exact patching,
+the service path) does not depend on widths. ``bench/gpu_check.py`` runs the full size.
 """
 
 from __future__ import annotations
@@ -27,6 +33,11 @@ import torch
 
 CONFIGS = Path(__file__).resolve().parent / "sd_v1_configs"
 RECIPE_VERSION = "1"
+# Channel widths of the narrow variant: a tenth of SD-1.x's (320, 640, 1280, 1280), kept divisible by the 32 norm
+# groups; the VAE's (128, 256, 512, 512) likewise.
+NARROW = {"unet": {"block_out_channels": [32, 64, 128, 128]},
+          "controlnet": {"block_out_channels": [32, 64, 128, 128]},
+          "vae": {"block_out_channels": [32, 64, 128, 128]}}
 # Kumari checkpoints as the paper's eval.json names them: target → anchor, hard negatives.
 OBJECT = ("snoopy", "dog", ("beagles", "basset hound", "harrier dog", "english foxhound"))
 STYLE = ("van gogh", "painting", ("monet", "greg rutkowski", "salvador dali", "johannes vermeer", "jeremy mann"))
@@ -36,8 +47,8 @@ LDM_ATTN_BLOCKS = ([f"input_blocks.{i}.1" for i in (1, 2, 4, 5, 7, 8)] + ["middl
                    [f"output_blocks.{i}.1" for i in range(3, 12)])
 
 
-def stamp() -> str:
-    h = hashlib.sha256(RECIPE_VERSION.encode())
+def stamp(narrow: bool = False) -> str:
+    h = hashlib.sha256(RECIPE_VERSION.encode() + (json.dumps(NARROW, sort_keys=True).encode() if narrow else b""))
     for f in sorted(CONFIGS.glob("*.json")):
         h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:16]
@@ -64,17 +75,17 @@ def write_clip_tokenizer(out: Path) -> Path:
     return out
 
 
-def _config(name: str) -> dict:
-    return json.loads((CONFIGS / f"{name}.json").read_text())
+def _config(name: str, narrow: bool = False) -> dict:
+    return {**json.loads((CONFIGS / f"{name}.json").read_text()), **(NARROW.get(name, {}) if narrow else {})}
 
 
-def build_pipeline(out: Path, seed: int = 0):
+def build_pipeline(out: Path, seed: int = 0, narrow: bool = False):
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_config(_config("unet"))
-    vae = AutoencoderKL.from_config(_config("vae"))
+    unet = UNet2DConditionModel.from_config(_config("unet", narrow))
+    vae = AutoencoderKL.from_config(_config("vae", narrow))
     te = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in _config("text_encoder").items() if k != "architectures"}))
     tok = CLIPTokenizer.from_pretrained(write_clip_tokenizer(out.parent / "_tokenizer"))
     pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=te, tokenizer=tok,
@@ -85,11 +96,11 @@ def build_pipeline(out: Path, seed: int = 0):
     return pipe
 
 
-def build_controlnet(out: Path, seed: int = 1) -> None:
+def build_controlnet(out: Path, seed: int = 1, narrow: bool = False) -> None:
     from diffusers import ControlNetModel
 
     torch.manual_seed(seed)
-    net = ControlNetModel.from_config(_config("controlnet"))
+    net = ControlNetModel.from_config(_config("controlnet", narrow))
     with torch.no_grad():  # a fresh ControlNet's zero convolutions have no effect; give them some
         for m in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
             m.weight.normal_(0, 0.02)
@@ -193,26 +204,28 @@ def _files(root: Path) -> dict[str, Path]:
             "style": root / "ablations" / "van_gogh_delta.bin"}
 
 
-def build_sd_v1_world(root: Path) -> Path:
-    """Build (or reuse, when its stamp matches) the SD-1.x-shaped world in ``root``."""
+def build_sd_v1_world(root: Path, narrow: bool = False) -> Path:
+    """Build (or reuse, when its stamp matches) the SD-1.x-shaped world in ``root`` (``narrow``: see above)."""
     root = Path(root)
-    if (root / "STAMP").is_file() and (root / "STAMP").read_text() == stamp():
+    if (root / "STAMP").is_file() and (root / "STAMP").read_text() == stamp(narrow):
         write_catalog(root, _files(root))  # cheap, so always current
         write_world(root, _files(root))
         return root
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    pipe = build_pipeline(root / "base")
+    pipe = build_pipeline(root / "base", narrow=narrow)
     files = build_ablations(root / "ablations", pipe.unet.state_dict())
     del pipe
-    build_controlnet(root / "controlnet_canny")
+    build_controlnet(root / "controlnet_canny", narrow=narrow)
     build_clip(root / "clip")
     write_catalog(root, files)
     write_world(root, files)
-    (root / "STAMP").write_text(stamp())
+    (root / "STAMP").write_text(stamp(narrow))
     return root
 
 
 if __name__ == "__main__":
-    print(build_sd_v1_world(Path(sys.argv[1] if len(sys.argv) > 1 else "sd_v1_world")))
+    sys.path.insert(0, str(CONFIGS.parents[1]))  # run as a script: the repository's tad_demo
+    args = [a for a in sys.argv[1:] if a != "--narrow"]
+    print(build_sd_v1_world(Path(args[0] if args else "sd_v1_world"), narrow="--narrow" in sys.argv))

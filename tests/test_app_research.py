@@ -89,7 +89,37 @@ def test_bad_values_are_refused_in_one_line(research):
     _refused(research.adaptive, "α: 0 must be > 0", **{**adaptive, "alpha": 0})
     _refused(research.adaptive, "seeds: give 1 to 4", **{**adaptive, "seeds": "1,2,3,4,5"})
     _refused(research.adaptive, "prompt: write a prompt", **{**adaptive, "prompt": "  "})
+    # the base: one the grid offers; its own concepts, whose checkpoints are here; a GPU model needs a GPU
+    _refused(research.sweep, "base: unknown base model 'sd-xl'; known: toyworld, sd-v1-4, sd-v1-5",
+             **{**sweep, "base": "sd-xl"})
+    _refused(research.analysis, "concepts: unknown concept 'smiley'; known: snoopy, ", concepts=["smiley"],
+             base="sd-v1-4")
+    _refused(research.analysis, "concepts 'snoopy': checkpoint models/concept-ablation/snoopy.ckpt is not on this "
+             "machine", concepts=["snoopy"], base="sd-v1-4")
+    if research.cpu:
+        _refused(research.multi, "base 'sd-v1-4': Stable Diffusion v1.4 (CompVis) needs a GPU", concepts=["snoopy"],
+                 base="sd-v1-4")
     assert dict(research.models.loads) == loads  # nothing was loaded for a refused request
+
+
+def test_the_concept_pickers_follow_the_base(research):
+    """The tab's base dropdown offers the grid's bases; choosing one gives its concepts and defaults."""
+    import gradio as gr
+
+    from tad_demo.app.ui.research import FOLLOW_BASE, ResearchHandlers
+
+    cfg = research.ui_config()
+    assert cfg["base_choices"] == research.service.base_choices() and cfg["base"] == "toyworld"
+    h = ResearchHandlers(research)
+    sd = dict(zip(FOLLOW_BASE, h.base_changed("sd-v1-4")))
+    picks = [v for _, v in sd["sweep_concept"]["choices"]]
+    assert picks[0] == "snoopy" and "smiley" not in picks and sd["sweep_concept"]["value"] == "snoopy"
+    assert sd["pool"]["choices"] == sd["multi_concepts"]["choices"] and "snoopy" in sd["prompt"]
+    assert ("GPU" in sd["note"]) == research.cpu
+    toy = dict(zip(FOLLOW_BASE, h.base_changed("toyworld")))
+    assert [v for _, v in toy["pool"]["choices"]] == ["smiley", "striped"] and toy["note"] == ""
+    with pytest.raises(gr.Error, match="base: unknown base model 'nope'"):
+        h.base_changed("nope")
 
 
 # --- each view on the tiny world --------------------------------------------------------------------------------
@@ -230,5 +260,10 @@ def test_api_sweep_on_the_launched_app(world_dir, tmp_path_factory):
         assert Path(csv_path).read_text().startswith("lambda,concept,role")
         with pytest.raises(AppError, match="λ list: 'nan'"):
             c.predict(concept="striped", lambdas="1, nan", n_prompts=1, steps=2, api_name="/sweep")
+        with pytest.raises(AppError, match="base: unknown base model 'nope'"):
+            c.predict(concept="striped", lambdas="0, 1", n_prompts=1, steps=2, base="nope", api_name="/sweep")
+        # another base's concepts reach the service (not refused by the page's toy-world choices)
+        with pytest.raises(AppError, match="concepts 'snoopy': checkpoint models/concept-ablation/snoopy.ckpt"):
+            c.predict(concepts=["snoopy"], expression="", base="sd-v1-4", api_name="/analysis")
     finally:
         demo.close()

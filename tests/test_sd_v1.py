@@ -181,6 +181,35 @@ def test_research_views_on_the_sd_world(service, sd_world, tmp_path):
                                                      "english foxhound"]
 
 
+def test_research_service_on_the_catalog_base(service, sd_world):
+    """The app's research views on the catalog's base ``sd-shaped``: a Lab of that model with its catalog concepts,
+    anchors and CLIP, prompts from DEFAULT_TEMPLATES and the other concepts (sweep) or the anchors (multi) as
+    controls; not the toy world's (smiley, …) nor the world.json's (cat, robot). 1 prompt, 2 steps, 64 px."""
+    from tad_demo.app.errors import UserError
+    from tad_demo.app.research_service import ResearchService
+
+    research = ResearchService(service)
+    assert [v for _, v in research.base_config("sd-shaped")["concepts"]] == ["snoopy", "van gogh"]
+    with pytest.raises(UserError, match="concept: unknown concept 'smiley'; known: snoopy, van gogh"):
+        research.sweep("smiley", "0, 1", n_prompts=1, steps=2, base="sd-shaped")
+    lab = research._lab(2, "sd-shaped")
+    assert (lab.base, lab.world, lab.height, lab.width) == (str(sd_world / "base"), None, 64, 64)
+    assert lab.prompts("snoopy", 1) == ["a photo of snoopy"]
+
+    sweep = research.sweep("snoopy", "0, 1", n_prompts=1, steps=2, base="sd-shaped")
+    rows = list(csv.DictReader(open(sweep["csv"])))
+    assert {(r["concept"], r["role"]) for r in rows} == {("snoopy", "target"), ("dog", "anchor"),
+                                                         ("van gogh", "control")}
+    assert len(rows) == 2 * 3 and "2 λ × 3 concepts × 1 prompts = 6 images, 2 steps" in sweep["status"]
+
+    multi = research.multi(["van gogh", "snoopy"], ["linear"], n_prompts=1, steps=2, base="sd-shaped")
+    assert "Controls (never ablated): painting, dog." in multi["status"]
+    data = multi["table"]["data"]
+    assert [(r[0], r[1], r[2]) for r in data[:3]] == [("base", 0, "(none)"), ("linear", 1, "van gogh"),
+                                                      ("linear", 2, "van gogh+snoopy")]
+    assert {r[0] for r in data} == {"base", "linear", "random"}
+
+
 @pytest.fixture(scope="module")
 def single_file(sd_world) -> Path:
     """The base as one original-SD (LDM) checkpoint, where the SD Hub repos keep theirs: in a folder with the

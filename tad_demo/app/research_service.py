@@ -10,8 +10,9 @@ Rules, as in the grid service (an API client can bypass every widget):
 * a run's cost is bounded before anything loads: at most ``BUDGET`` image-steps (images × denoising steps);
 * library errors (LabError, ExpressionError, ModelError, MergeError, ClipUnavailable, …) become ``UserError`` with
   the library's message; anything unexpected is logged and reported in one line;
-* the research views run on the app's world (its concepts are the choices) and generate through the grid
-  service's :class:`~tad_demo.runtime.models.Models`, so the base, CLIP and vectors load once for both;
+* the research views run on a base the grid offers (``base``: the app's world, or a catalog model with its
+  family's concepts and CLIP; ``_lab`` decides) and generate through the grid service's
+  :class:`~tad_demo.runtime.models.Models`, so the base, CLIP and vectors load once for both;
 * outputs go to bounded folders under ``<work dir>/research`` (TTL and count of the grid's run folders); the
   only per-user state is the grid service's cancel flag of a running request (checked between stages).
 """
@@ -31,6 +32,7 @@ from ..core.limits import APP
 from ..core.merge_methods import METHODS
 from ..research.lab import Lab
 from .errors import UserError
+from .request import TOY
 from .service import Service, new_run_dir
 from .service.guard import guard
 from .validation import (
@@ -80,8 +82,9 @@ class ResearchService:
         self.world = service.world
         self.models = service.models
         self.out_root = self.settings.work_dir / "research"
-        cpu = str(getattr(self.models, "device", "cpu")).startswith("cpu")
-        self.max_steps = min(self.settings.max_steps, CPU_MAX_STEPS) if cpu else self.settings.max_steps
+        self.choices = service.choices  # the bases the grid offers, their concepts, defaults and CLIP
+        self.cpu = str(getattr(self.models, "device", "cpu")).startswith("cpu")
+        self.max_steps = min(self.settings.max_steps, CPU_MAX_STEPS) if self.cpu else self.settings.max_steps
         try:  # Hugging Face ZeroGPU: a GPU for the duration of each heavy call (see Service.__init__)
             import spaces
 
@@ -91,31 +94,47 @@ class ResearchService:
             pass
 
     # --- what the UI offers ------------------------------------------------------------------------------
-    def concept_names(self) -> list[str]:
-        return [c.name for c in self.world.concepts] if self.world else []
+    def concept_names(self, base: str) -> list[str]:
+        return [c.name for c in self.choices.concepts_for(base)]
 
     def ui_config(self) -> dict[str, Any]:
         """Choices, defaults and limits of the research widgets, as plain data (the UI imports no library)."""
-        if self.world is None or not self.world.concepts:
-            return {"available": False, "note": f"The research views run on the toy world; none is installed at "
-                    f"{self.settings.assets} (no world.json or no ablation checkpoints). Set TAD_ASSETS."}
-        concepts = [(f"{c.name} → {c.anchor} ({c.kind})", c.name) for c in self.world.concepts]
-        objs = [c.name for c in self.world.concepts if c.kind == "object"]
-        stys = [c.name for c in self.world.concepts if c.kind == "style"]
-        obj, sty = (objs or ["circle"])[0], (stys or ["plain"])[0]
-        steps = min(self.world.steps, self.max_steps)
+        bases = self.choices.base_choices()  # the grid's list
+        if not any(self.concept_names(b) for _, b in bases):
+            return {"available": False, "note": f"The research views need a base model with concept checkpoints: "
+                    f"the toy world (none is installed at {self.settings.assets}; set TAD_ASSETS) or a catalog "
+                    "model whose concept-ablation checkpoints are listed in the catalog (TAD_CATALOG)."}
+        base = self.choices.default_base()
         return {
-            "available": True, "concepts": concepts, "names": self.concept_names(),
+            "available": True, "base": base, "base_choices": bases,
             "methods": [(m.name, m.name) for m in METHODS.values()],
             "limits": {"max_lambdas": MAX_LAMBDAS, "max_lambda": self.settings.max_lambda, "max_prompts": MAX_PROMPTS,
                        "max_steps": self.max_steps, "cpu": self.max_steps < self.settings.max_steps,
                        "max_alpha": MAX_ALPHA, "max_seeds": self.settings.max_seeds, "budget": BUDGET},
-            "defaults": {"concept": obj, "lambdas": "-2, -1, 0, 0.5, 1", "sweep_prompts": 4, "steps": steps,
-                         "multi_concepts": [*objs[:2], *stys[:1]], "methods": list(MULTI_DEFAULT_METHODS),
-                         "multi_prompts": 2, "analysis_concepts": self.concept_names(),
+            **self.base_config(base),
+        }
+
+    def base_config(self, base: Any) -> dict[str, Any]:
+        """What follows the base: its concepts (the pickers' choices), the defaults that name them, and a note when
+        this device cannot run the base's views."""
+        base = self._base_id(base)
+        cs = self.choices.concepts_for(base)
+        names = [c.name for c in cs]
+        objs = [c.name for c in cs if c.kind == "object"]
+        stys = [c.name for c in cs if c.kind == "style"]
+        d = self.choices.defaults_for(base)
+        neutral = self.choices.neutral_words(self.choices.family_of(base))
+        steps = min(d["steps"], self.max_steps)
+        return {
+            "concepts": [(f"{c.name} → {c.anchor} ({c.kind})", c.name) for c in cs],
+            "note": self._device_refusal(base) or "",
+            "defaults": {"concept": (objs or names or [None])[0], "lambdas": "-2, -1, 0, 0.5, 1",
+                         "sweep_prompts": 4, "steps": steps, "multi_concepts": [*objs[:2], *stys[:1]],
+                         "methods": list(MULTI_DEFAULT_METHODS), "multi_prompts": 2, "analysis_concepts": names,
                          "expression": _default_expression(objs, stys),
-                         "prompt": self.world.template.format(object=obj, style=sty), "pool": self.concept_names(),
-                         "t_switch": steps // 2, "alpha": 2.0, "top_k": min(2, len(self.world.concepts)),
+                         "prompt": d["template"].format(object=d["object"] or neutral["object"],
+                                                        style=d["style"] or neutral["style"]),
+                         "pool": names, "t_switch": steps // 2, "alpha": 2.0, "top_k": min(2, max(1, len(cs))),
                          "seeds": "0"},
         }
 
@@ -130,16 +149,17 @@ class ResearchService:
         return self.service.cancel(session)
 
     # --- the views -----------------------------------------------------------------------------------------
-    def sweep(self, concept: Any, lambdas: Any, n_prompts: Any = 4, steps: Any = None, *,
+    def sweep(self, concept: Any, lambdas: Any, n_prompts: Any = 4, steps: Any = None, base: Any = None, *,
               progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
         """CLIP score/accuracy of a concept, its anchor and controls over a λ list (research/sweep.py)."""
         from ..research.sweep import default_controls, run_sweep
 
         t0 = time.time()
-        concept = self._concept(concept, "concept")
+        base = self._base(base)
+        concept = self._concept(concept, "concept", base)
         lams = self._lambda_list(lambdas)
         n = parse_int(n_prompts, "prompts", 1, MAX_PROMPTS)
-        lab = self._lab(steps)
+        lab = self._lab(steps, base)
         with research_errors("sweep"):
             anchor = lab.anchor_of(concept)
             roles = list(dict.fromkeys([concept, *([anchor] if anchor else []), *default_controls(lab, concept)]))
@@ -159,16 +179,18 @@ class ResearchService:
         return {"table": {"headers": headers, "data": data}, "plot": str(files["plot"]), "csv": str(files["csv"]),
                 "status": status}
 
-    def multi(self, concepts: Any, methods: Any = MULTI_DEFAULT_METHODS, n_prompts: Any = 2, steps: Any = None, *,
-              progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
+    def multi(self, concepts: Any, methods: Any = MULTI_DEFAULT_METHODS, n_prompts: Any = 2, steps: Any = None,
+              base: Any = None, *, progress: ProgressFn | None = None,
+              cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Ablate the first N concepts at once (N = 1 … all) per merge method; target vs control accuracy."""
         from ..research.multi import default_controls, run_multi
 
         t0 = time.time()
-        names = self._concepts(concepts, "concepts")
+        base = self._base(base)
+        names = self._concepts(concepts, "concepts", base)
         methods = self._methods(methods)
         n = parse_int(n_prompts, "prompts", 1, MAX_PROMPTS)
-        lab = self._lab(steps)
+        lab = self._lab(steps, base)
         with research_errors("multi-concept"):
             k, c = len(names), len(default_controls(lab, names))
             # base (all targets + controls), each method and the random baseline at N = 1 … K
@@ -193,19 +215,21 @@ class ResearchService:
                 "tradeoff": str(files["tradeoff"]), "csv": str(files["csv"]), "detail": str(files["detail"]),
                 "status": status}
 
-    def analysis(self, concepts: Any, expression: Any = "", *, progress: ProgressFn | None = None,
+    def analysis(self, concepts: Any, expression: Any = "", base: Any = None, *, progress: ProgressFn | None = None,
                  cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Cosine heatmaps (global, per UNet block), norms, sparsity, sign agreement, angles > 75°; an analogy."""
         from ..research.analyze import analyze, evaluate_expression, parse_expression
 
         t0 = time.time()
-        names = self._concepts(concepts, "concepts")
+        base = self._base(base, generates=False)
+        names = self._concepts(concepts, "concepts", base)
         text = self._expression(expression)
         terms: list[tuple[str, float]] = []
         if text:
             with research_errors("expression"):  # before loading anything: a typo fails fast
-                terms = parse_expression(text, self.concept_names())
-        lab = self._lab(None)
+                terms = parse_expression(text, self.concept_names(base))
+            self._on_disk([t for t, _ in terms], "expression", base)
+        lab = self._lab(None, base)
         with research_errors("analysis"):
             report = self._reporter(progress, cancel, "loading the model")
             need = list(dict.fromkeys([*names, *(t for t, _ in terms)]))
@@ -246,7 +270,7 @@ class ResearchService:
                 "csv": str(files["pairs"]), "vectors_csv": str(files["vectors"]), "status": status}
 
     def adaptive(self, prompt: Any, pool: Any, t_switch: Any = None, alpha: Any = 2.0, top_k: Any = 2,
-                 seeds: Any = "0", steps: Any = None, *, progress: ProgressFn | None = None,
+                 seeds: Any = "0", steps: Any = None, base: Any = None, *, progress: ProgressFn | None = None,
                  cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Rank a pool of vectors for a prompt by how far each moves the image from a shared prefix; apply the
         top k (research/adaptive.py, multi-concept paper §5)."""
@@ -254,8 +278,9 @@ class ResearchService:
 
         t0 = time.time()
         prompt = self._prompt(prompt)
-        names = self._concepts(pool, "pool")
-        lab = self._lab(steps)
+        base = self._base(base)
+        names = self._concepts(pool, "pool", base)
+        lab = self._lab(steps, base)
         t_switch = parse_int(lab.steps // 2 if t_switch is None else t_switch, "t_switch", 0, lab.steps)
         alpha = parse_number(alpha, "α", 0.0, MAX_ALPHA, hint=" (α > 0 ablates; the paper uses 0.5 … 5)")
         if alpha <= 0:
@@ -286,18 +311,47 @@ class ResearchService:
                 "status": status}
 
     # --- validation ----------------------------------------------------------------------------------------
-    def _world_names(self) -> list[str]:
-        if self.world is None or not self.world.concepts:
-            raise UserError(f"research views need the toy world (world.json with ablation checkpoints) at "
-                            f"{self.settings.assets}; set TAD_ASSETS")
-        return self.concept_names()
+    def _base_id(self, value: Any) -> str:
+        """A base the grid offers, by id (empty: the grid's default base)."""
+        value = self.choices.default_base() if value is None or value == "" else value
+        return parse_choice(value, "base", [b.id for b in self.choices.bases()], "base model")
 
-    def _concept(self, value: Any, what: str) -> str:
-        return parse_choice(value, what, self._world_names(), "concept")
+    def _device_refusal(self, base: str) -> str | None:
+        """Why this app's device cannot generate images for the views of ``base`` (None when it can): a catalog
+        model marked ``gpu: true`` (the grid's "GPU recommended") is refused on a CPU, where a run of the views that
+        generate (hundreds of images) takes hours. The analysis generates nothing and runs anywhere."""
+        entry = self.choices.base_entry(base)
+        if entry is not None and entry.gpu and self.cpu:
+            return (f"base {base!r}: {entry.name} needs a GPU for the sweep, multi-concept and adaptive views (this "
+                    f"app runs on a CPU; the analysis runs); pick {TOY} or use a GPU")
+        return None
 
-    def _concepts(self, values: Any, what: str) -> list[str]:
-        """Known concepts, each once, in the order given (checkbox order = the order they were ticked)."""
-        return parse_choices(values, what, self._world_names(), "concept", empty="tick at least one concept")
+    def _base(self, value: Any, *, generates: bool = True) -> str:
+        """A base whose views this app can run: offered by the grid, with concepts, and (for a view that generates
+        images) not GPU-only on a CPU."""
+        base = self._base_id(value)
+        refusal = self._device_refusal(base) if generates else None
+        if refusal:
+            raise UserError(refusal)
+        if not self.concept_names(base):
+            where = (f"the toy world at {self.settings.assets} has no ablation checkpoints" if base == TOY else
+                     f"the catalog lists no concept checkpoints for the {self.choices.family_of(base)} family")
+            raise UserError(f"base {base!r}: the research views need its concepts; {where}")
+        return base
+
+    def _concept(self, value: Any, what: str, base: str) -> str:
+        return self._concepts([value], what, base)[0]
+
+    def _concepts(self, values: Any, what: str, base: str) -> list[str]:
+        """Concepts of ``base``, each once, in the order given (checkbox order = the order they were ticked)."""
+        names = parse_choices(values, what, self.concept_names(base), "concept", empty="tick at least one concept")
+        self._on_disk(names, what, base)
+        return names
+
+    def _on_disk(self, names: Sequence[str], what: str, base: str) -> None:
+        """Each concept's checkpoint is on this machine (and no pickle on a hosted app): the grid's check."""
+        for name in dict.fromkeys(names):
+            self.service.builder.concept(name, what, base, any_kind=True)
 
     @staticmethod
     def _methods(values: Any) -> list[str]:
@@ -331,14 +385,24 @@ class ResearchService:
         check_budget(what, images, steps, BUDGET, how)
 
     # --- helpers -------------------------------------------------------------------------------------------
-    def _lab(self, steps: Any) -> Lab:
-        """The toy world's Lab on the shared Models cache (a cheap object: built per request, never kept)."""
-        self._world_names()
+    def _lab(self, steps: Any, base: str) -> Lab:
+        """The Lab of a validated base on the shared Models cache (a cheap object: built per request, never kept):
+        the app's world for the toy base; a catalog model with its family's concepts and CLIP, the base's sampling
+        defaults and ``DEFAULT_TEMPLATES`` prompts otherwise."""
         steps = self._steps(steps)
-        if steps is None:
-            steps = min(self.world.steps, self.max_steps)
-        with research_errors("toy world"):
-            return Lab.from_world(self.world, models=self.models, steps=steps)
+        d = self.choices.defaults_for(base)
+        steps = min(d["steps"], self.max_steps) if steps is None else steps
+        with research_errors(f"base {base}"):
+            if base == TOY:
+                return Lab.from_world(self.world, models=self.models, steps=steps)
+            family = self.choices.family_of(base)
+            clip = self.choices.clip_for(family)
+            if clip is None:
+                raise UserError(f"base {base!r}: the catalog names no CLIP for the {family} family (the views' "
+                                "metrics need one)")
+            return Lab(base=self.choices.base_entry(base).source,
+                       concepts={c.name: c for c in self.choices.concepts_for(base)}, clip=clip, steps=steps,
+                       guidance=d["guidance"], height=d["height"], width=d["width"], models=self.models)
 
     @staticmethod
     def _reporter(progress: ProgressFn | None, cancel: Callable[[], bool] | None, first: str) -> ProgressFn:

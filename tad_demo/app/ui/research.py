@@ -4,7 +4,9 @@ tables and CSV downloads.
 Builders only: the events call an injected :class:`tad_demo.app.research_service.ResearchService` (no torch or
 library import here; its errors become ``gr.Error`` in ``edge.shown``). The heavy events share the grid's
 ``concurrency_id`` (``gpu`` dict from demo.py); their API names are ``/sweep``, ``/multi``, ``/analysis``,
-``/adaptive``. Cancel stops a run between its stages.
+``/adaptive``. Cancel stops a run between its stages. A base model dropdown (the grid's list) sits above the four
+tabs; every view takes its value (``base``) and the concept pickers follow it. The base and the concept pickers
+pass their values on as sent (``components.py``): the service checks them against the chosen base's concepts.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ from typing import Any
 
 import gradio as gr
 
+from .components import CheckboxGroup, Dropdown
 from .edge import shown
 from .handlers import progress_reporter, session_of
 
 IMAGE = {"type": "filepath", "format": "png", "interactive": False, "buttons": ["download", "fullscreen"]}
+# the widgets that follow the base model, in the order of ResearchHandlers.base_changed's outputs
+FOLLOW_BASE = ("note", "sweep_concept", "sweep_steps", "multi_concepts", "multi_order", "multi_steps",
+               "analysis_concepts", "expression", "prompt", "pool", "t_switch", "adaptive_steps", "top_k")
 
 
 class ResearchHandlers:
@@ -35,38 +41,55 @@ class ResearchHandlers:
             self.r.end(session, flag)
 
     def sweep(self, concept: str, lambdas: str = "-2, -1, 0, 0.5, 1", n_prompts: float = 4,
-              steps: float | None = None, request: gr.Request = None, progress=gr.Progress()) -> tuple:  # noqa: B008
+              steps: float | None = None, base: str | None = None, request: gr.Request = None,
+              progress=gr.Progress()) -> tuple:  # noqa: B008
         """CLIP score and accuracy of a concept, its anchor and controls for each λ (λ>0 ablates, <0 enhances)."""
         out = self._run(self.r.sweep, request, progress, concept=concept, lambdas=lambdas, n_prompts=n_prompts,
-                        steps=steps)
+                        steps=steps, base=base)
         return out["status"], out["plot"], out["table"], out["csv"]
 
     def multi(self, concepts: list[str], methods: list[str] | None = None, n_prompts: float = 2,
-              steps: float | None = None, request: gr.Request = None, progress=gr.Progress()) -> tuple:  # noqa: B008
+              steps: float | None = None, base: str | None = None, request: gr.Request = None,
+              progress=gr.Progress()) -> tuple:  # noqa: B008
         """Ablate the first N concepts at once (N = 1 … all) with each merge method; target vs control accuracy."""
         out = self._run(self.r.multi, request, progress, concepts=concepts, methods=methods or ["linear"],
-                        n_prompts=n_prompts, steps=steps)
+                        n_prompts=n_prompts, steps=steps, base=base)
         return out["status"], out["control_vs_n"], out["tradeoff"], out["table"], out["csv"], out["detail"]
 
-    def analysis(self, concepts: list[str], expression: str = "", request: gr.Request = None,
+    def analysis(self, concepts: list[str], expression: str = "", base: str | None = None, request: gr.Request = None,
                  progress=gr.Progress()) -> tuple:  # noqa: B008
         """Cosine heatmaps (global, per UNet block) and per-vector/per-pair measures; an analogy expression."""
-        out = self._run(self.r.analysis, request, progress, concepts=concepts, expression=expression)
+        out = self._run(self.r.analysis, request, progress, concepts=concepts, expression=expression, base=base)
         return (out["status"], out["cosine"], out["blocks"], out["vectors"], out["pairs"], out["csv"],
                 out["vectors_csv"])
 
     def adaptive(self, prompt: str, pool: list[str], t_switch: float = 10, alpha: float = 2.0, top_k: float = 2,
-                 seeds: str = "0", steps: float | None = None, request: gr.Request = None,
+                 seeds: str = "0", steps: float | None = None, base: str | None = None, request: gr.Request = None,
                  progress=gr.Progress()) -> tuple:  # noqa: B008
         """Rank the pool's vectors for a prompt (shared base prefix, CLIP similarity) and apply the top k."""
         out = self._run(self.r.adaptive, request, progress, prompt=prompt, pool=pool, t_switch=t_switch,
-                        alpha=alpha, top_k=top_k, seeds=seeds, steps=steps)
+                        alpha=alpha, top_k=top_k, seeds=seeds, steps=steps, base=base)
         return out["status"], out["strip"], out["table"], out["csv"]
 
     def cancel(self, request: gr.Request = None) -> str:
         if self.r.cancel(session_of(request)):
             return "**Cancelling…** the run stops after its current stage."
         return "Nothing to cancel."
+
+    def base_changed(self, base: str) -> tuple:
+        """The concept pickers and the defaults of another base model (in FOLLOW_BASE order)."""
+        with shown("choosing the base model"):
+            c = self.r.base_config(base)
+        d, picks = c["defaults"], c["concepts"]
+        updates = {"note": c["note"], "sweep_concept": gr.update(choices=picks, value=d["concept"]),
+                   "multi_concepts": gr.update(choices=picks, value=d["multi_concepts"]),
+                   "multi_order": self.order(d["multi_concepts"]),
+                   "analysis_concepts": gr.update(choices=picks, value=d["analysis_concepts"]),
+                   "expression": d["expression"], "prompt": d["prompt"],
+                   "pool": gr.update(choices=picks, value=d["pool"]), "t_switch": d["t_switch"],
+                   "top_k": gr.update(maximum=max(1, len(picks)), value=d["top_k"]),
+                   **{f"{view}_steps": d["steps"] for view in ("sweep", "multi", "adaptive")}}
+        return tuple(updates[k] for k in FOLLOW_BASE)
 
     @staticmethod
     def order(concepts: list[str] | None) -> str:
@@ -81,18 +104,23 @@ def create_research(research: Any, gpu: dict[str, Any], cheap: dict[str, Any]) -
         gr.Markdown(cfg["note"])
         return
     h = ResearchHandlers(research)
-    gr.Markdown("Measurements on the toy world behind the grid (same model cache, same queue as the grid): how "
+    gr.Markdown("Measurements on a base model of the grid's list (same model cache, same queue as the grid): how "
                 "CLIP score and accuracy move with λ, what ablating several concepts at once damages, how the task "
                 "vectors relate, and which vectors a prompt needs. λ>0 ablates, 0 is the base, λ<0 enhances.")
+    base = Dropdown(cfg["base_choices"], value=cfg["base"], label="Base model", elem_id="research-base",
+                       info="its concept checkpoints are the choices below; a catalog model's prompts are 'a photo "
+                            "of …' / 'a painting in … style'")
+    w = {"note": gr.Markdown(cfg["note"], elem_classes="tad-note")}
     with gr.Tabs(selected="research_sweep"):
         with gr.Tab("Sweep", id="research_sweep"):
-            _sweep(cfg, h, gpu, cheap)
+            w.update(_sweep(cfg, h, base, gpu))
         with gr.Tab("Multi-concept", id="research_multi"):
-            _multi(cfg, h, gpu, cheap)
+            w.update(_multi(cfg, h, base, gpu, cheap))
         with gr.Tab("Analysis", id="research_analysis"):
-            _analysis(cfg, h, gpu, cheap)
+            w.update(_analysis(cfg, h, base, gpu))
         with gr.Tab("Adaptive", id="research_adaptive"):
-            _adaptive(cfg, h, gpu, cheap)
+            w.update(_adaptive(cfg, h, base, gpu))
+    base.change(h.base_changed, inputs=base, outputs=[w[k] for k in FOLLOW_BASE], **cheap)
 
 
 # --- shared pieces ----------------------------------------------------------------------------------------------
@@ -136,12 +164,12 @@ def _download(label: str) -> gr.DownloadButton:
 
 # --- the four tabs -------------------------------------------------------------------------------------------------
 
-def _sweep(cfg: dict[str, Any], h: ResearchHandlers, gpu: dict[str, Any], cheap: dict[str, Any]) -> None:
+def _sweep(cfg: dict[str, Any], h: ResearchHandlers, base: gr.Dropdown, gpu: dict[str, Any]) -> dict[str, Any]:
     lim, d = cfg["limits"], cfg["defaults"]
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=360):
             run, stop = _run_row("Run sweep")
-            concept = gr.Dropdown(cfg["concepts"], value=d["concept"], label="Concept (target → anchor)",
+            concept = Dropdown(cfg["concepts"], value=d["concept"], label="Concept (target → anchor)",
                                   info="its anchor and the never-ablated controls are measured too")
             lambdas = gr.Textbox(d["lambdas"], label="λ values",
                                  info=f"1–{lim['max_lambdas']} values, comma-separated, each within "
@@ -157,16 +185,18 @@ def _sweep(cfg: dict[str, Any], h: ResearchHandlers, gpu: dict[str, Any], cheap:
             plot = gr.Image(label="CLIP accuracy and score vs λ", elem_id="sweep-plot", height=480, **IMAGE)
             table = _table("Per λ: CLIP accuracy and score of each concept (* = target)", "sweep-table")
             csv = _download("Sweep CSV")
-    _wire(h, run, stop, h.sweep, [concept, lambdas, n_prompts, steps], [status, plot, table, csv], "sweep", [plot],
-          gpu)
+    _wire(h, run, stop, h.sweep, [concept, lambdas, n_prompts, steps, base], [status, plot, table, csv], "sweep",
+          [plot], gpu)
+    return {"sweep_concept": concept, "sweep_steps": steps}
 
 
-def _multi(cfg: dict[str, Any], h: ResearchHandlers, gpu: dict[str, Any], cheap: dict[str, Any]) -> None:
+def _multi(cfg: dict[str, Any], h: ResearchHandlers, base: gr.Dropdown, gpu: dict[str, Any],
+           cheap: dict[str, Any]) -> dict[str, Any]:
     lim, d = cfg["limits"], cfg["defaults"]
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=360):
             run, stop = _run_row("Run multi")
-            concepts = gr.CheckboxGroup(cfg["concepts"], value=d["multi_concepts"], label="Concepts to ablate",
+            concepts = CheckboxGroup(cfg["concepts"], value=d["multi_concepts"], label="Concepts to ablate",
                                         info="in the order you tick them: run N ablates the first N at once")
             order = gr.Markdown(h.order(d["multi_concepts"]))
             methods = gr.CheckboxGroup(cfg["methods"], value=d["methods"], label="Merge methods",
@@ -190,21 +220,22 @@ def _multi(cfg: dict[str, Any], h: ResearchHandlers, gpu: dict[str, Any], cheap:
                 csv = _download("Multi CSV")
                 detail = _download("Per-concept CSV")
     concepts.change(h.order, inputs=concepts, outputs=order, **cheap)
-    _wire(h, run, stop, h.multi, [concepts, methods, n_prompts, steps], [status, control, trade, table, csv, detail],
-          "multi", [control, trade], gpu)
+    _wire(h, run, stop, h.multi, [concepts, methods, n_prompts, steps, base],
+          [status, control, trade, table, csv, detail], "multi", [control, trade], gpu)
+    return {"multi_concepts": concepts, "multi_order": order, "multi_steps": steps}
 
 
-def _analysis(cfg: dict[str, Any], h: ResearchHandlers, gpu: dict[str, Any], cheap: dict[str, Any]) -> None:
+def _analysis(cfg: dict[str, Any], h: ResearchHandlers, base: gr.Dropdown, gpu: dict[str, Any]) -> dict[str, Any]:
     d = cfg["defaults"]
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=360):
             run, stop = _run_row("Run analysis")
-            concepts = gr.CheckboxGroup(cfg["concepts"], value=d["analysis_concepts"], label="Task vectors",
+            concepts = CheckboxGroup(cfg["concepts"], value=d["analysis_concepts"], label="Task vectors",
                                         info="τ = θ_ablated − θ_base of each concept (no image is generated)")
             expression = gr.Textbox(d["expression"], label="Analogy expression (optional)",
                                     info="its norm and its cosine with each ticked vector are reported")
             # in Markdown, not the info line: the info renderer takes '*' for emphasis even inside backticks
-            gr.Markdown("Expressions: concept names (any of the world), numbers, `+`, `-`, `*` and parentheses, "
+            gr.Markdown("Expressions: concept names (any of the base's), numbers, `+`, `-`, `*` and parentheses, "
                         "e.g. `kite + striped - smiley` or `smiley - 0.5*die`.", elem_classes="tad-note")
             gr.Markdown("Angles > 75°: layers where two vectors are nearly orthogonal or opposed (multi-concept "
                         "paper); sign agreement: share of entries with the same sign where both are non-zero.",
@@ -221,17 +252,18 @@ def _analysis(cfg: dict[str, Any], h: ResearchHandlers, gpu: dict[str, Any], che
             with gr.Row():
                 csv = _download("Pairs CSV")
                 vcsv = _download("Vectors CSV")
-    _wire(h, run, stop, h.analysis, [concepts, expression], [status, cosine, blocks, vectors, pairs, csv, vcsv],
+    _wire(h, run, stop, h.analysis, [concepts, expression, base], [status, cosine, blocks, vectors, pairs, csv, vcsv],
           "analysis", [cosine, blocks], gpu)
+    return {"analysis_concepts": concepts, "expression": expression}
 
 
-def _adaptive(cfg: dict[str, Any], h: ResearchHandlers, gpu: dict[str, Any], cheap: dict[str, Any]) -> None:
+def _adaptive(cfg: dict[str, Any], h: ResearchHandlers, base: gr.Dropdown, gpu: dict[str, Any]) -> dict[str, Any]:
     lim, d = cfg["limits"], cfg["defaults"]
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=360):
             run, stop = _run_row("Run selection")
             prompt = gr.Textbox(d["prompt"], label="Prompt", info="the vectors are ranked for this prompt")
-            pool = gr.CheckboxGroup(cfg["concepts"], value=d["pool"], label="Pool of task vectors")
+            pool = CheckboxGroup(cfg["concepts"], value=d["pool"], label="Pool of task vectors")
             with gr.Row():
                 t_switch = gr.Number(d["t_switch"], label="t_switch", precision=0, minimum=0,
                                      maximum=lim["max_steps"], info="0 … steps: steps with the base model before "
@@ -239,7 +271,7 @@ def _adaptive(cfg: dict[str, Any], h: ResearchHandlers, gpu: dict[str, Any], che
                 steps = _steps(cfg)
             alpha = gr.Slider(0.1, lim["max_alpha"], value=d["alpha"], step=0.1, label="α (candidate strength)",
                               info=f"θ + α·τ, 0 < α ≤ {lim['max_alpha']:g} (α > 0 ablates)")
-            top_k = gr.Slider(1, len(cfg["concepts"]), value=d["top_k"], step=1, label="top-k",
+            top_k = gr.Slider(1, max(1, len(cfg["concepts"])), value=d["top_k"], step=1, label="top-k",
                               info="the k most relevant vectors are applied (λ = 1)")
             seeds = gr.Textbox(d["seeds"], label=f"Seeds (1–{lim['max_seeds']}, comma-separated)",
                                info="one strip row each; similarities are averaged over them")
@@ -250,5 +282,6 @@ def _adaptive(cfg: dict[str, Any], h: ResearchHandlers, gpu: dict[str, Any], che
                              height=320, **IMAGE)
             table = _table("Ranking (lower similarity to the base = more relevant)", "adaptive-table")
             csv = _download("Ranking CSV")
-    _wire(h, run, stop, h.adaptive, [prompt, pool, t_switch, alpha, top_k, seeds, steps], [status, strip, table, csv],
-          "adaptive", [strip], gpu)
+    _wire(h, run, stop, h.adaptive, [prompt, pool, t_switch, alpha, top_k, seeds, steps, base],
+          [status, strip, table, csv], "adaptive", [strip], gpu)
+    return {"prompt": prompt, "pool": pool, "t_switch": t_switch, "adaptive_steps": steps, "top_k": top_k}

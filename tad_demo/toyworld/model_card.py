@@ -9,6 +9,8 @@ import datetime
 import math
 from pathlib import Path
 
+from . import world
+
 BEGIN, END = "<!-- results:begin (written by tad_demo.toyworld.evaluate) -->", "<!-- results:end -->"
 
 
@@ -73,7 +75,8 @@ def render(res: dict, command: str) -> str:
     lines += ["", f"**a. Toy CLIP.** Zero-shot on {s['zero_shot']} held-out renders at full strength: object "
               f"{_pm(z['object'])}, style {_pm(z['style'])}, colour {_pm(z['color'])}. Score of the target's "
               f"bare string and accuracy against its anchor, vs the target's strength (renders, {s['strength']} "
-              "per cell; the base model is trained on strengths 0.35–0.85):", "",
+              f"per cell; the base model is trained on strengths {world.BASE_STRENGTH[0]:g}–"
+              f"{world.BASE_STRENGTH[1]:g}):", "",
               "| strength | object score | object acc | style score | style acc |", "|---|---|---|---|---|"]
     for st in c["strength"]["object"]:
         o, y = c["strength"]["object"][st], c["strength"]["style"][st]

@@ -149,6 +149,8 @@ def test_multi_gives_rows_per_method_and_n_and_both_plots(research):
     _image(out["control_vs_n"])
     _image(out["tradeoff"])
     assert len(list(csv.DictReader(open(out["csv"])))) == 7 and Path(out["detail"]).is_file()
+    # before a first run the table shows these columns (not Gradio's "1 2 3")
+    assert out["table"]["headers"] == research.ui_config()["tables"]["multi"]
 
 
 def test_analysis_gives_heatmaps_tables_and_the_expression(research):
@@ -170,6 +172,8 @@ def test_analysis_gives_heatmaps_tables_and_the_expression(research):
     assert vec["= smiley - 0.5*striped"][3] == pytest.approx(expr.norm(), abs=1e-4)
     assert f"smiley {expr.cosine(a):+.3f}" in out["status"]
     assert Path(out["csv"]).is_file() and Path(out["vectors_csv"]).is_file()
+    empty = research.ui_config()["tables"]
+    assert out["vectors"]["headers"] == empty["vectors"] and len(out["pairs"]["headers"]) == len(empty["pairs"])
 
 
 def test_adaptive_gives_a_ranking_and_the_strip(research):

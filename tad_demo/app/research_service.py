@@ -56,6 +56,15 @@ MAX_EXPRESSION = int(APP["max_expression"].default)  # characters of an analogy 
 MAX_PROMPT = int(APP["max_prompt"].default)          # characters of the adaptive prompt
 BUDGET = int(APP["budget"].default)  # image-steps per run: 640 toy-world images at 20 steps, ≈ 6 min on 2 CPU cores
 MULTI_DEFAULT_METHODS = ("linear", "ties")
+MULTI_HEADERS = ["method", "N", "ablated", "target acc ↓", "control acc ↑", "target score", "control score",
+                 "‖merged τ‖"]
+VECTOR_HEADERS = ["vector", "tensors", "params", "norm", "sparsity"]
+ADAPTIVE_HEADERS = ["rank", "vector", "similarity (mean)", "chosen", "λ"]  # + one similarity column per seed
+# The tables' columns before a first run (a run's table names its concepts, threshold and seeds).
+EMPTY_TABLES = {"sweep": ["λ", "acc (target, anchor, controls)", "score (target, anchor, controls)"],
+                "multi": MULTI_HEADERS, "vectors": VECTOR_HEADERS,
+                "pairs": ["pair", "cosine", "angle °", "sign agreement", "layers over the threshold"],
+                "adaptive": ADAPTIVE_HEADERS}
 
 ProgressFn = Callable[[str, int, int], None]
 RESEARCH_ERRORS = (TadError, FileNotFoundError, ValueError)
@@ -106,7 +115,7 @@ class ResearchService:
                     "model whose concept-ablation checkpoints are listed in the catalog (TAD_CATALOG)."}
         base = self.choices.default_base()
         return {
-            "available": True, "base": base, "base_choices": bases,
+            "available": True, "base": base, "base_choices": bases, "tables": EMPTY_TABLES,
             "methods": [(m.name, m.name) for m in METHODS.values()],
             "limits": {"max_lambdas": MAX_LAMBDAS, "max_lambda": self.settings.max_lambda, "max_prompts": MAX_PROMPTS,
                        "max_steps": self.max_steps, "cpu": self.max_steps < self.settings.max_steps,
@@ -201,8 +210,7 @@ class ResearchService:
             result = run_multi(lab, names, methods=methods, n_prompts=n, progress=report)
             report("saving", 0, 1)
             files = result.save(self._new_dir("multi"))
-        headers = ["method", "N", "ablated", "target acc ↓", "control acc ↑", "target score", "control score",
-                   "‖merged τ‖"]
+        headers = MULTI_HEADERS
         data = [[r["method"], r["n"], r["ablated"] or "(none)", _r(r["target_accuracy"]),
                  _r(r["control_accuracy"]), _r(r["target_score"]), _r(r["control_score"]),
                  _r(r["merged_norm"], 4)] for r in result.rows]
@@ -264,7 +272,7 @@ class ResearchService:
                   f"{time.time() - t0:.1f} s. Angles > {t:g}°: layers (of those both vectors change) where the two "
                   f"vectors are nearly orthogonal or opposed; fewer ↔ more related concepts." + note)
         return {"cosine": str(files["cosine"]), "blocks": str(files["blocks"]) if "blocks" in files else None,
-                "vectors": {"headers": ["vector", "tensors", "params", "norm", "sparsity"], "data": vec_rows},
+                "vectors": {"headers": VECTOR_HEADERS, "data": vec_rows},
                 "pairs": {"headers": ["pair", "cosine", "angle °", "sign agreement", f"layers > {t:g}°"],
                           "data": pair_rows},
                 "csv": str(files["pairs"]), "vectors_csv": str(files["vectors"]), "status": status}
@@ -298,8 +306,7 @@ class ResearchService:
                                                      f"images: denoising step {i}/{n}", i, n))
             report("saving", 1, 1)
             files = save_selection(sel, self._new_dir("adaptive"))
-        headers = ["rank", "vector", "similarity (mean)", "chosen", "λ",
-                   *(f"similarity seed {x}" for x in sel.seeds)]
+        headers = [*ADAPTIVE_HEADERS, *(f"similarity seed {x}" for x in sel.seeds)]
         data = [[r["rank"], r["vector"], _r(r["similarity"]), "✓" if r["chosen"] else "",
                  _r(r["lambda"], 2) if r["chosen"] else "–",
                  *(_r(r[f"similarity_seed{x}"]) for x in sel.seeds)] for r in sel.rows()]

@@ -153,9 +153,10 @@ def _wire(h: ResearchHandlers, run: gr.Button, stop: gr.Button, fn: Any, inputs:
                api_visibility="private")
 
 
-def _table(label: str, elem_id: str, max_height: int = 460) -> gr.Dataframe:
-    return gr.Dataframe(label=label, interactive=False, wrap=True, elem_classes="tad-metrics", elem_id=elem_id,
-                        max_height=max_height)
+def _table(label: str, elem_id: str, headers: list[str], max_height: int = 460) -> gr.Dataframe:
+    """A results table; ``headers`` name its columns until the first run fills it (``ui_config()["tables"]``)."""
+    return gr.Dataframe(label=label, headers=headers, interactive=False, wrap=True, elem_classes="tad-metrics",
+                        elem_id=elem_id, max_height=max_height)
 
 
 def _download(label: str) -> gr.DownloadButton:
@@ -183,7 +184,8 @@ def _sweep(cfg: dict[str, Any], h: ResearchHandlers, base: gr.Dropdown, gpu: dic
             status = gr.Markdown("Set the concept and the λ values, then **Run sweep**.", elem_classes="tad-status",
                                  elem_id="sweep-status")
             plot = gr.Image(label="CLIP accuracy and score vs λ", elem_id="sweep-plot", height=480, **IMAGE)
-            table = _table("Per λ: CLIP accuracy and score of each concept (* = target)", "sweep-table")
+            table = _table("Per λ: CLIP accuracy and score of each concept (* = target)", "sweep-table",
+                           cfg["tables"]["sweep"])
             csv = _download("Sweep CSV")
     _wire(h, run, stop, h.sweep, [concept, lambdas, n_prompts, steps, base], [status, plot, table, csv], "sweep",
           [plot], gpu)
@@ -212,7 +214,8 @@ def _multi(cfg: dict[str, Any], h: ResearchHandlers, base: gr.Dropdown, gpu: dic
             # stacked, each at full width: the figures carry small print (legends, N labels)
             control = gr.Image(label="Control and target accuracy vs N", elem_id="multi-control", height=480,
                                **IMAGE)
-            table = _table("Per method and N (means over concepts)", "multi-table", max_height=640)
+            table = _table("Per method and N (means over concepts)", "multi-table", cfg["tables"]["multi"],
+                           max_height=640)
             # taller than the figure (572 px): the label badge then sits above its title, not on it
             trade = gr.Image(label="Trade-off: target vs control accuracy", elem_id="multi-tradeoff", height=640,
                              **IMAGE)
@@ -245,10 +248,10 @@ def _analysis(cfg: dict[str, Any], h: ResearchHandlers, base: gr.Dropdown, gpu: 
                                  elem_id="analysis-status")
             # stacked at full width: a heatmap's numbers are only readable large
             cosine = gr.Image(label="Global cosine similarity", elem_id="analysis-cosine", height=560, **IMAGE)
-            vectors = _table("Per vector: norm and sparsity", "analysis-vectors")
+            vectors = _table("Per vector: norm and sparsity", "analysis-vectors", cfg["tables"]["vectors"])
             blocks = gr.Image(label="Cosine per UNet block", elem_id="analysis-blocks", height=720, **IMAGE)
             pairs = _table("Per pair: cosine, angle, sign agreement, layers over 75°", "analysis-pairs",
-                           max_height=640)
+                           cfg["tables"]["pairs"], max_height=640)
             with gr.Row():
                 csv = _download("Pairs CSV")
                 vcsv = _download("Vectors CSV")
@@ -280,7 +283,8 @@ def _adaptive(cfg: dict[str, Any], h: ResearchHandlers, base: gr.Dropdown, gpu: 
                                  elem_id="adaptive-status")
             strip = gr.Image(label="base | candidates, most relevant first | final", elem_id="adaptive-strip",
                              height=320, **IMAGE)
-            table = _table("Ranking (lower similarity to the base = more relevant)", "adaptive-table")
+            table = _table("Ranking (lower similarity to the base = more relevant)", "adaptive-table",
+                           cfg["tables"]["adaptive"])
             csv = _download("Ranking CSV")
     _wire(h, run, stop, h.adaptive, [prompt, pool, t_switch, alpha, top_k, seeds, steps, base],
           [status, strip, table, csv], "adaptive", [strip], gpu)

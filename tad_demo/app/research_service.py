@@ -59,11 +59,12 @@ MULTI_DEFAULT_METHODS = ("linear", "ties")
 MULTI_HEADERS = ["method", "N", "ablated", "target acc ↓", "control acc ↑", "target score", "control score",
                  "‖merged τ‖"]
 VECTOR_HEADERS = ["vector", "tensors", "params", "norm", "sparsity"]
+PAIR_HEADERS = ["pair", "cosine", "angle °", "sign agreement"]  # + the layers over the run's angle threshold
 ADAPTIVE_HEADERS = ["rank", "vector", "similarity (mean)", "chosen", "λ"]  # + one similarity column per seed
 # The tables' columns before a first run (a run's table names its concepts, threshold and seeds).
 EMPTY_TABLES = {"sweep": ["λ", "acc (target, anchor, controls)", "score (target, anchor, controls)"],
                 "multi": MULTI_HEADERS, "vectors": VECTOR_HEADERS,
-                "pairs": ["pair", "cosine", "angle °", "sign agreement", "layers over the threshold"],
+                "pairs": [*PAIR_HEADERS, "layers over the threshold"],
                 "adaptive": ADAPTIVE_HEADERS}
 
 ProgressFn = Callable[[str, int, int], None]
@@ -210,7 +211,7 @@ class ResearchService:
             result = run_multi(lab, names, methods=methods, n_prompts=n, progress=report)
             report("saving", 0, 1)
             files = result.save(self._new_dir("multi"))
-        headers = MULTI_HEADERS
+        headers = list(MULTI_HEADERS)
         data = [[r["method"], r["n"], r["ablated"] or "(none)", _r(r["target_accuracy"]),
                  _r(r["control_accuracy"]), _r(r["target_score"]), _r(r["control_score"]),
                  _r(r["merged_norm"], 4)] for r in result.rows]
@@ -272,8 +273,8 @@ class ResearchService:
                   f"{time.time() - t0:.1f} s. Angles > {t:g}°: layers (of those both vectors change) where the two "
                   f"vectors are nearly orthogonal or opposed; fewer ↔ more related concepts." + note)
         return {"cosine": str(files["cosine"]), "blocks": str(files["blocks"]) if "blocks" in files else None,
-                "vectors": {"headers": VECTOR_HEADERS, "data": vec_rows},
-                "pairs": {"headers": ["pair", "cosine", "angle °", "sign agreement", f"layers > {t:g}°"],
+                "vectors": {"headers": list(VECTOR_HEADERS), "data": vec_rows},
+                "pairs": {"headers": [*PAIR_HEADERS, f"layers > {t:g}°"],
                           "data": pair_rows},
                 "csv": str(files["pairs"]), "vectors_csv": str(files["vectors"]), "status": status}
 

@@ -98,10 +98,13 @@ def load_lora(path: PathLike, base: PathLike | Mapping[str, torch.Tensor] | None
     return TaskVector(deltas)
 
 
-# down, up, alpha (None: alpha = rank), rsLoRA (alpha/√rank instead of alpha/rank), a key for messages
+# Pickles are read to judge them: only below this size (a LoRA is MBs, a model GBs), so a model is never read twice.
+LORA_PICKLE_MAX_BYTES = 512 * 2**20
+
+
 def is_lora_file(path: PathLike) -> bool:
     """Whether a file (or a folder holding one weight file) is a LoRA, by its tensor names. Safetensors files are
-    judged by their header; pickles only when small (a LoRA is MBs, a model GBs) so a model is never read twice."""
+    judged by their header; pickles only when small (``LORA_PICKLE_MAX_BYTES``)."""
     from safetensors import safe_open
 
     p = existing_path(path)
@@ -110,19 +113,19 @@ def is_lora_file(path: PathLike) -> bool:
         if len(cands) != 1 or (p / "config.json").exists() or (p / "model_index.json").exists():
             return False
         p = cands[0]
-    if sniff(p) == "safetensors":
+    kind = sniff(p)
+    if kind == "safetensors":
         safetensors_metadata(p)  # a complete, valid header, else a one-line CheckpointError
         with safe_open(str(p), framework="pt") as f:
             keys = list(f.keys())
-    elif sniff(p) in ("zip", "pickle") and p.stat().st_size < LORA_PICKLE_MAX_BYTES:
+    elif kind in ("zip", "pickle") and p.stat().st_size < LORA_PICKLE_MAX_BYTES:
         keys = list(read_file(p)[0])
     else:
         return False
     return any(is_lora_key(k) for k in keys)
 
 
-LORA_PICKLE_MAX_BYTES = 512 * 2**20
-
+# down, up, alpha (None: alpha = rank), rsLoRA (alpha/√rank instead of alpha/rank), a key for messages
 LoraModule = tuple[torch.Tensor, torch.Tensor, Union[float, None], bool, str]
 
 

@@ -32,7 +32,7 @@ from ..runtime.models import Models
 from ..runtime.sampling import PromptCache, sample
 from .plan import GridPlan, weight_key
 from .render import render_grid
-from .result import Cell, GridResult
+from .result import SCORE_COLUMNS, Cell, GridResult
 from .spec import GridSpec
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,9 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
 Images = dict[tuple[tuple, str], list[Image.Image]]  # (weight key, control kind) → one image per seed
-Metrics = dict[tuple[tuple, str], list[dict[str, Any]]]  # the same keys → one {metric column: value} per seed
-METRIC_COLUMNS = ("clip_score_object", "clip_accuracy_object", "clip_score_style", "clip_accuracy_style")
+Metrics = dict[tuple[tuple, str], list[dict[str, Any]]]  # the same keys → one {score column: value} per seed
 # Finished cells, as soon as their pipeline call ends and is scored:
-# (control kind, row, col, one image per seed, one {metric column: value} per seed) each.
+# (control kind, row, col, one image per seed, one {score column: value} per seed) each.
 FinishedFn = Callable[[list[tuple[str, int, int, list[Image.Image], list[dict[str, Any]]]]], None]
 
 
@@ -224,7 +223,7 @@ def _cells(plan: GridPlan, images: Images, metrics: Metrics) -> tuple[list[Cell]
 def image_metrics(spec: GridSpec, scorer: Any, images: Sequence[Image.Image]) -> list[dict[str, Any]]:
     """Per image, for each axis with a concept: the CLIP score of the target caption and whether it beats the
     anchor's (``None`` without a CLIP model or without that axis). Each image is encoded once for both axes."""
-    out: list[dict[str, Any]] = [dict.fromkeys(METRIC_COLUMNS) for _ in images]
+    out: list[dict[str, Any]] = [dict.fromkeys(SCORE_COLUMNS) for _ in images]
     if scorer is None or not images:
         return out
     feats = scorer.image_features(list(images))

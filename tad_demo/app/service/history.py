@@ -20,12 +20,12 @@ from typing import Any
 
 import yaml
 
+from ...grid.result import SCORE_COLUMNS
 from ..errors import UserError
 from ..request import EXAMPLE_FIELDS
 from .outputs import lam_text
 
 RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")
-METRICS = ("clip_score_object", "clip_accuracy_object", "clip_score_style", "clip_accuracy_style")
 
 
 class History:
@@ -61,7 +61,7 @@ class History:
         data = []
         for key in common:
             row: list[Any] = [key[0], lam_text(key[1]), lam_text(key[2])]
-            for m in METRICS:
+            for m in SCORE_COLUMNS:
                 va, vb = cells_a[key].get(m), cells_b[key].get(m)
                 row.append("–" if va is None or vb is None else f"{vb - va:+.3f}")
             data.append(row)
@@ -137,7 +137,7 @@ def _cells(rows: list[dict[str, str]], seeds: list[str]) -> dict[tuple, dict[str
     out = {}
     for key, rs in groups.items():
         means: dict[str, float | None] = {}
-        for m in METRICS:
+        for m in SCORE_COLUMNS:
             vals = [float(r[m]) for r in rs if r.get(m) not in (None, "")]
             means[m] = sum(vals) / len(vals) if vals else None
         out[key] = means

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from ...grid.result import SCORE_COLUMNS
 from ...runtime.control import CONTROL_KINDS
 from ...runtime.metrics import FORMULA, SCORE_SCALE
 from .sources import short
@@ -53,7 +54,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]], spec: Mapping[str, Any]) ->
     data = []
     for (control, _, _), rs in groups.items():
         row: list[Any] = [control, lam_text(rs[0]["object_lambda"]), lam_text(rs[0]["style_lambda"])]
-        for m in ("clip_score_object", "clip_accuracy_object", "clip_score_style", "clip_accuracy_style"):
+        for m in SCORE_COLUMNS:
             vals = [v for v in (_number(r[m]) for r in rs) if v is not None]
             row.append(round(sum(vals) / len(vals), 3) if vals else "–")
         row.append(len(rs))

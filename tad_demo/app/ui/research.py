@@ -108,8 +108,8 @@ def create_research(research: Any, gpu: dict[str, Any], cheap: dict[str, Any]) -
                 "CLIP score and accuracy move with λ, what ablating several concepts at once damages, how the task "
                 "vectors relate, and which vectors a prompt needs. λ>0 ablates, 0 is the base, λ<0 enhances.")
     base = Dropdown(cfg["base_choices"], value=cfg["base"], label="Base model", elem_id="research-base",
-                       info="its concept checkpoints are the choices below; a catalog model's prompts are 'a photo "
-                            "of …' / 'a painting in … style'")
+                    info="its concept checkpoints are the choices below; a catalog model's prompts are 'a photo "
+                         "of …' / 'a painting in … style'")
     w = {"note": gr.Markdown(cfg["note"], elem_classes="tad-note")}
     with gr.Tabs(selected="research_sweep"):
         with gr.Tab("Sweep", id="research_sweep"):
@@ -171,7 +171,7 @@ def _sweep(cfg: dict[str, Any], h: ResearchHandlers, base: gr.Dropdown, gpu: dic
         with gr.Column(scale=2, min_width=360):
             run, stop = _run_row("Run sweep")
             concept = Dropdown(cfg["concepts"], value=d["concept"], label="Concept (target → anchor)",
-                                  info="its anchor and the never-ablated controls are measured too")
+                               info="its anchor and the never-ablated controls are measured too")
             lambdas = gr.Textbox(d["lambdas"], label="λ values",
                                  info=f"1–{lim['max_lambdas']} values, comma-separated, each within "
                                       f"±{lim['max_lambda']:g}; λ>0 ablates, 0 is the base, λ<0 enhances")
@@ -199,7 +199,7 @@ def _multi(cfg: dict[str, Any], h: ResearchHandlers, base: gr.Dropdown, gpu: dic
         with gr.Column(scale=2, min_width=360):
             run, stop = _run_row("Run multi")
             concepts = CheckboxGroup(cfg["concepts"], value=d["multi_concepts"], label="Concepts to ablate",
-                                        info="in the order you tick them: run N ablates the first N at once")
+                                     info="in the order you tick them: run N ablates the first N at once")
             order = gr.Markdown(h.order(d["multi_concepts"]))
             methods = gr.CheckboxGroup(cfg["methods"], value=d["methods"], label="Merge methods",
                                        info="each merges the first N vectors (default parameters); the base model "
@@ -234,7 +234,7 @@ def _analysis(cfg: dict[str, Any], h: ResearchHandlers, base: gr.Dropdown, gpu: 
         with gr.Column(scale=2, min_width=360):
             run, stop = _run_row("Run analysis")
             concepts = CheckboxGroup(cfg["concepts"], value=d["analysis_concepts"], label="Task vectors",
-                                        info="τ = θ_ablated − θ_base of each concept (no image is generated)")
+                                     info="τ = θ_ablated − θ_base of each concept (no image is generated)")
             expression = gr.Textbox(d["expression"], label="Analogy expression (optional)",
                                     info="its norm and its cosine with each ticked vector are reported")
             # in Markdown, not the info line: the info renderer takes '*' for emphasis even inside backticks

@@ -31,6 +31,7 @@ from PIL import Image, ImageOps
 from ..core.errors import AnnotatorUnavailable, ControlError, WorldError
 from ..core.limits import HARD
 from ..core.world import World
+from .loading import LOADING
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def _detector(name: str, path: str):
     folder, filename = str(Path(path).parent), Path(path).name
     cls = {"midas": "MidasDetector", "zoe": "ZoeDetector", "hed": "HEDdetector", "pidinet": "PidiNetDetector"}[name]
     log.info("loading %s annotator from %s", name, path)
-    with warnings.catch_warnings():
+    with LOADING, warnings.catch_warnings():  # one load at a time in a process (see loading.py)
         warnings.simplefilter("ignore")
         return _import_aux(cls).from_pretrained(folder, filename=filename)
 

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from ..core.errors import ClipUnavailable
+from .loading import LOADING
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,13 @@ class ClipScorer:
     def load(cls, spec: str | Path, prefix: str = "") -> ClipScorer:
         """Load from a folder (open_clip ``local-dir`` layout), ``NAME/PRETRAINED_TAG`` or ``NAME:WEIGHTS_FILE``;
         ``prefix`` goes in front of every concept string (default none, as Kumari et al.)."""
+        with LOADING:  # one load at a time in a process (see loading.py)
+            return cls._load(str(spec), prefix)
+
+    @classmethod
+    def _load(cls, spec_s: str, prefix: str) -> ClipScorer:
         import open_clip
 
-        spec_s = str(spec)
         if spec_s.startswith("local-dir:") or Path(spec_s).is_dir():
             folder = spec_s.removeprefix("local-dir:")
             if not (Path(folder) / "open_clip_config.json").is_file():

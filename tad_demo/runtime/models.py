@@ -25,6 +25,7 @@ from ..core.patching import WeightPatcher, torch_threads
 from ..core.recipe import VECTOR_KINDS
 from ..core.task_vector import TaskVector
 from .fast_unet import install as install_fast_unet
+from .loading import LOADING
 from .metrics import ClipScorer
 from .pipelines import load_pipeline
 from .sampling import PromptCache
@@ -132,8 +133,10 @@ class Models:
             if key in self._cn_pipes:
                 return self._cn_pipes[key]
             try:
-                net = ControlNetModel.from_pretrained(str(model), torch_dtype=self.dtype,
-                                                      use_safetensors=self.use_safetensors).to(self.device)
+                with LOADING:  # see loading.py
+                    net = ControlNetModel.from_pretrained(str(model), torch_dtype=self.dtype,
+                                                          use_safetensors=self.use_safetensors)
+                net = net.to(self.device)
             except Exception as e:  # noqa: BLE001
                 raise ModelError(f"cannot load ControlNet {model!r}: {_one_line(e)}") from e
             ucfg, ccfg = self.pipe.unet.config, net.config

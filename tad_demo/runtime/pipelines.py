@@ -9,6 +9,7 @@ import torch
 
 from ..core.patching import WeightPatcher
 from ..core.recipe import Recipe, metadata_for
+from .loading import LOADING
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,13 @@ def load_pipeline(base: str | Path, controlnet: str | Path | list | None = None,
        diffusers pipeline folder);
     2. controlnet(s): ``ControlNetModel.from_pretrained`` each, the pipeline class switched accordingly.
     """
+    with LOADING:  # diffusers' loads swap process-wide functions (see loading.py)
+        return _load(str(base), controlnet, dtype, use_safetensors)
+
+
+def _load(base_s: str, controlnet, dtype: torch.dtype, use_safetensors: bool | None):
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
-    base_s = str(base)
     if Path(base_s).suffix in (".safetensors", ".ckpt"):
         if use_safetensors and Path(base_s).suffix != ".safetensors":
             raise ValueError(f"{base_s}: a pickle checkpoint; only .safetensors weights are read here "

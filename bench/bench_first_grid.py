@@ -11,6 +11,10 @@ temporary TAD_WORK_DIR), wait for HTTP 200 on `/`, then at once submit a /grid (
 the **first grid** — then two more with other seeds — **warm grids**. Each /grid is timed from submit to its
 result; the **first cell** is when the job first reports a streamed output. Targets: first grid ≤ 1.5×
 a warm grid with the warm start; first cell ≤ ~1 s on the toy world.
+
+Modes, alternated within each repeat: the app's defaults (warm start on, torch threads = cores − 1: a core stays
+with the web server); warm start off; and every core to torch (TAD_TORCH_THREADS = the core count, torch's own
+default) — the comparison behind the app's thread default.
 """
 
 from __future__ import annotations
@@ -61,13 +65,21 @@ def timed_grid(client, seed: int) -> tuple[float, float | None]:
     return total, first
 
 
-def launch(warm: bool, timeout: float) -> dict[str, float]:
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+MODES = {  # label: the app's environment
+    "defaults (warm start, cores − 1 threads)": {"TAD_WARM_START": "1"},
+    "warm start off": {"TAD_WARM_START": "0"},
+    f"warm start, all {CORES} cores to torch": {"TAD_WARM_START": "1", "TAD_TORCH_THREADS": str(CORES)},
+}
+
+
+def launch(mode: dict[str, str], timeout: float) -> dict[str, float]:
     from gradio_client import Client
 
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1",
            "GRADIO_ANALYTICS_ENABLED": "False", "TAD_WORK_DIR": tempfile.mkdtemp(prefix="bench_first_grid_"),
-           "TAD_WARM_START": "1" if warm else "0"}
+           "TAD_TORCH_THREADS": "0", **mode}
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -89,20 +101,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rows = []
     for i in range(args.repeats):
-        for warm in (True, False):  # alternating: other load hits both alike
-            r = launch(warm, args.timeout)
-            rows.append((warm, r))
-            print(f"launch {i + 1} warm start {'on ' if warm else 'off'}: page {r['page']:.1f} s, first grid "
-                  f"{r['first']:.2f} s, warm grid {r['warm']:.2f} s → {r['first'] / r['warm']:.2f}×; first cell "
-                  f"{r['first_cell']:.2f} s of {r['first']:.2f} s, warm: {r['warm_cell']:.2f} s of {r['warm']:.2f} s",
-                  flush=True)
-    print("\n| warm start | first grid / warm grid (median) | first cell / full grid, warm (median) |")
-    print("|---|---|---|")
-    for warm in (True, False):
-        rs = [r for w, r in rows if w == warm]
+        for label, mode in MODES.items():  # alternating: other load hits every mode alike
+            r = launch(mode, args.timeout)
+            rows.append((label, r))
+            print(f"launch {i + 1} {label}: page {r['page']:.1f} s, first grid {r['first']:.2f} s, warm grid "
+                  f"{r['warm']:.2f} s → {r['first'] / r['warm']:.2f}×; first cell {r['first_cell']:.2f} s of "
+                  f"{r['first']:.2f} s, warm: {r['warm_cell']:.2f} s of {r['warm']:.2f} s", flush=True)
+    print("\n| mode | page | first grid | warm grid | first / warm | first cell (first grid) | "
+          "first cell (warm grid) |")
+    print("|---|---|---|---|---|---|---|")
+    for label in MODES:
+        rs = [r for m, r in rows if m == label]
+        med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
         ratio = statistics.median(r["first"] / r["warm"] for r in rs)
-        cell = statistics.median(r["warm_cell"] / r["warm"] for r in rs)
-        print(f"| {'on' if warm else 'off'} | {ratio:.2f}× | {cell:.2f} |")
+        print(f"| {label} | {med['page']:.1f} s | {med['first']:.2f} s | {med['warm']:.2f} s | **{ratio:.2f}×** | "
+              f"{med['first_cell']:.2f} s | {med['warm_cell']:.2f} s |")
+    print(f"\n({args.repeats} launch(es) per mode; medians)")
     return 0
 
 

@@ -187,7 +187,7 @@ def naive_loop(spec: Any, models: Any, scorer: Any, *, reload: bool, cells: int)
     from tad_demo.runtime.sampling import initial_latents
 
     base_pipe = models.pipe
-    vectors = {c.name: models.vector(c.source, c.kind, spec.scope) for c in (spec.object, spec.style) if c}
+    vectors = {c.name: models.vector(c.source, c.format, spec.scope) for c in (spec.object, spec.style) if c}
     base_state = {k: v.clone() for k, v in base_pipe.unet.state_dict().items()}
     positions = [(r, c) for r in range(len(spec.row_lambdas)) for c in range(len(spec.col_lambdas))][:cells]
     images, w0, c0 = {}, time.perf_counter(), time.process_time()

@@ -14,6 +14,14 @@ from .loading import LOADING
 log = logging.getLogger(__name__)
 
 
+def import_libraries() -> None:
+    """Import what loading a pipeline and a CLIP needs (diffusers' pipelines and open_clip: ~3.7 s on 2 cores), so
+    a caller can pay it up front: the app does before it serves its page, and its background warm start then only
+    loads and traces (~1.5 s)."""
+    import open_clip  # noqa: F401
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline  # noqa: F401
+
+
 def load_pipeline(base: str | Path, controlnet: str | Path | list | None = None, dtype: torch.dtype = torch.float32,
                   use_safetensors: bool | None = None):
     """A StableDiffusionPipeline (or its ControlNet variant) from a folder, a single file or a Hub id.

@@ -39,6 +39,7 @@ from ...grid import GridSpec
 from ...runtime.control import CONTROL_KINDS, RESIZE_MODES
 from ...runtime.metrics import FORMULA, SCORE_SCALE
 from ...runtime.models import Models
+from ...runtime.pipelines import import_libraries
 from ..catalog import BaseEntry, Catalog, app_world
 from ..errors import ServiceError, UserError
 from ..request import TOY, GridRequest
@@ -68,7 +69,7 @@ class Service:
         self.world = app_world(settings.assets)
         # Hosted: Hub weights are read from safetensors only (a pickle can run code when unpickled).
         self.models = models or Models(device=settings.device, use_safetensors=True if settings.hosted else None,
-                                        threads=settings.threads or None)
+                                        threads=settings.torch_threads())
         self.choices = Choices(self.catalog, self.world)
         self.sources = Sources(settings)
         self.conditions = Conditions(self.world)
@@ -130,6 +131,7 @@ class Service:
             log.warning("no warm start: %s", e)
             return None
         self.runs.warm.clear()
+        import_libraries()  # ~3.7 s of imports before the page is served, so a first click waits ~1.5 s, not ~6 s
         t = threading.Thread(target=self.runs.warm_up, args=(spec,), name="tad-warm-start", daemon=True)
         t.start()
         return t

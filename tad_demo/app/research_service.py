@@ -158,6 +158,10 @@ class ResearchService:
     def cancel(self, session: str) -> bool:
         return self.service.cancel(session)
 
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Run a view on the process's one compute thread (see Service.submit); a Future."""
+        return self.service.submit(fn, *args, **kwargs)
+
     # --- the views -----------------------------------------------------------------------------------------
     def sweep(self, concept: Any, lambdas: Any, n_prompts: Any = 4, steps: Any = None, base: Any = None, *,
               progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None) -> dict[str, Any]:

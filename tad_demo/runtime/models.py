@@ -7,11 +7,13 @@ and a switch of weights is a hot patch, never a reload.
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import logging
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,8 @@ class Models:
         self._vectors: dict[tuple, Any] = {}
         self._max_clips = max_clips
         self.loads: Counter[str] = Counter()  # what was (re)loaded: lets tests and benches check the caching
+        # Callers that generate from several threads (the app) run it all on one thread: see ``submit``.
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tad-compute")
 
     # --- base ------------------------------------------------------------------------------------------
     def load_base(self, base: str) -> Any:
@@ -120,6 +124,16 @@ class Models:
         with self.lock:
             with torch_threads(self.threads):
                 yield
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn`` on this cache's one compute thread (with the caller's context variables, e.g. a web
+        framework's progress tracker). Torch's CPU threads come from libgomp, which gives every thread that runs
+        parallel work a team of its own; once the teams hold more threads than there are cores it stops
+        spinning between parallel regions, and a small model's many short regions then wait on the kernel —
+        a toy-world grid run from a second thread, after the first had generated, took 2.5× as long on 2 cores
+        (``bench/bench_first_grid.py`` measures the app). One thread for all generation keeps one team."""
+        ctx = contextvars.copy_context()
+        return self._compute.submit(ctx.run, fn, *args, **kwargs)
 
     # --- ControlNet ------------------------------------------------------------------------------------
     def controlnet_pipe(self, model: str) -> Any:

@@ -30,6 +30,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,7 @@ class Service:
         n = max(1, len([x for x in str(current or "").replace(";", ",").split(",") if x.strip()]))
         return ", ".join(str(random.randrange(0, 2**31)) for _ in range(n))
 
-    def start_warm_up(self) -> threading.Thread | None:
+    def start_warm_up(self) -> Future | None:
         """Load and trace the default grid's models in the background (the app's default base: the toy world, else
         the catalog's first model), so the first grid runs as fast as the next ones; a grid clicked meanwhile
         waits. None when the default grid cannot be built here (e.g. its checkpoints are not on this machine)."""
@@ -132,9 +133,11 @@ class Service:
             return None
         self.runs.warm.clear()
         import_libraries()  # ~3.7 s of imports before the page is served, so a first click waits ~1.5 s, not ~6 s
-        t = threading.Thread(target=self.runs.warm_up, args=(spec,), name="tad-warm-start", daemon=True)
-        t.start()
-        return t
+        return self.submit(self.runs.warm_up, spec)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn`` (``compute``, a research view) on the process's one compute thread; see Models.submit."""
+        return self.models.submit(fn, *args, **kwargs)
 
     def status(self) -> str:
         """One line on what is loaded; never waits for a running grid (page loads call it)."""

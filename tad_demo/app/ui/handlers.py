@@ -105,8 +105,8 @@ class Handlers:
         def on_cells(cells: list) -> None:  # worker thread → event loop
             loop.call_soon_threadsafe(finished.put_nowait, cells)
 
-        # to_thread copies the context: gr.Progress keeps working from the worker
-        work = asyncio.ensure_future(asyncio.to_thread(
+        # on the process's compute thread, with this context (gr.Progress keeps working from there)
+        work = asyncio.wrap_future(self.s.submit(
             self.s.compute, normalized, spec, progress=progress_reporter(progress), cancel=flag.is_set,
             on_cells=on_cells))
         try:

@@ -36,7 +36,9 @@ class ResearchHandlers:
         flag = self.r.begin(session)
         try:
             with shown(getattr(method, "__name__", "research view")):
-                return method(**kwargs, progress=progress_reporter(progress), cancel=flag.is_set)
+                # on the compute thread (see Service.submit); this one waits for it
+                return self.r.submit(method, **kwargs, progress=progress_reporter(progress),
+                                     cancel=flag.is_set).result()
         finally:
             self.r.end(session, flag)
 

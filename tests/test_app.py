@@ -597,8 +597,8 @@ def test_cells_stream_in_as_they_finish_then_the_full_outputs(served):
     assert partial, "no cell was shown before the end"
     first = partial[0]
     assert isinstance(first[0], Image.Image) and "of 3 cells" in first[11]
-    assert len(first[4]) >= 1 and all(isinstance(im, Image.Image) for im, _ in first[4])
-    assert 1 <= len(first[5]["data"]) == len(first[4])  # the metrics table's rows fill in with the cells
+    assert first[4] == []  # the gallery fills at the end (re-encoding it per cell slows the generation)
+    assert 1 <= len(first[5]["data"]) <= 3  # the metrics table's rows fill in with the cells
     final = got[-1]
     assert Path(final[0]).is_file() and len(final[5]["data"]) == 3 and len(final[4]) == 3
     # each finished cell comes with its CLIP numbers, the same as the finished grid's for that cell

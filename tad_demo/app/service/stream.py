@@ -4,7 +4,7 @@ metrics, for the UI to show while the rest is generated (the labelled grid and t
     view = PartialGrid(spec)
     view.add([("none", 0, 2, [image_seed_42], [metrics_seed_42])])     # what run_grid's on_cells reports
     view.mosaics()   # {"none": PIL image with the finished cells in place, grey where a cell is still running}
-    view.gallery()   # [(image, "none · object λ=+1 · style λ=−1 · seed 42"), …]
+    view.table()     # the metrics table's rows of the finished cells
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from ...grid import GridSpec
-from .outputs import lam_text, summary_table
+from .outputs import summary_table
 
 GAP = 4
 MIN_TILE = 96          # small toy-world images are enlarged so a 3×3 mosaic is readable
@@ -55,15 +55,6 @@ class PartialGrid:
                     canvas.paste(tile, (GAP + c * (w + GAP), GAP + r * (h + GAP)))
             out[kind] = canvas
         return out
-
-    def gallery(self) -> list[tuple[Image.Image, str]]:
-        """Every finished image with its caption, in grid order."""
-        items = []
-        for (kind, r, c), images in sorted(self.cells.items(), key=lambda kv: (self.kinds.index(kv[0][0]), kv[0][1:])):
-            for seed, im in zip(self.spec.seeds, images):
-                items.append((im, f"{kind} · object λ={lam_text(self.rows[r])} · style λ={lam_text(self.cols[c])} · "
-                                  f"seed {seed}"))
-        return items
 
     def table(self) -> dict[str, Any]:
         """The metrics table's rows of the finished cells, with their CLIP numbers (means over seeds)."""

@@ -133,11 +133,13 @@ class Handlers:
         yield self._pack(self.s.outputs(run_dir))
 
     def _partial(self, view: Any) -> tuple:
-        """The outputs while a grid runs: the finished cells in place, the gallery, a status line."""
+        """The outputs while a grid runs: the finished cells in place, their metrics rows, a status line. The
+        gallery stays empty until the end: Gradio re-encodes every image of a gallery on each update, which on a
+        2-core machine slowed the generation beside it by a fifth (bench/bench_first_grid.py)."""
         mosaics = view.mosaics()
         skip = gr.skip()
         grids = tuple(mosaics.get(k, skip) for k in self.kinds)
-        after = {"gallery": view.gallery(), "table": view.table(), "status": view.status()}
+        after = {"gallery": [], "table": view.table(), "status": view.status()}
         return (*grids, *(after.get(name, skip) for name in AFTER_GRIDS))
 
     def _pack(self, out: dict[str, Any]) -> tuple:

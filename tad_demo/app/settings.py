@@ -30,7 +30,7 @@ default, its variable, and the range the variable is clamped to (never above the
 | ``TAD_WORK_DIR`` | ``$TMPDIR/tad_app`` | run folders and the lazily cached examples |
 | ``TAD_DEVICE`` | auto | ``cpu``/``cuda``/``cuda:1`` |
 | ``TAD_WARM_START`` | ``1`` | load and trace the default base in the background at launch (``0``: on the first grid) |
-| ``TAD_TORCH_THREADS`` | 0 | torch CPU threads while generating (0: one less than the cores, at least 1) |
+| ``TAD_TORCH_THREADS`` | 0 | torch CPU threads while generating (0: torch's default, one per core) |
 """
 
 from __future__ import annotations
@@ -160,14 +160,6 @@ class Settings:
             threads=_int(env, "TAD_TORCH_THREADS", 0, 0, os.cpu_count() or 1),
             warm_start=env.get("TAD_WARM_START", "1").strip().lower() not in ("0", "false", "no", "off"),
         )
-
-    def torch_threads(self) -> int:
-        """Torch CPU threads while generating: ``TAD_TORCH_THREADS``, else one less than this process's cores (at
-        least 1), so one core stays with the web server, which encodes and sends the cells while the next ones
-        are generated; with every core to torch its threads wait for each other whenever the server runs
-        (warm toy-world grid on 2 cores: ``bench/bench_first_grid.py``, threads column)."""
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return self.threads or max(1, cores - 1)
 
     def budget(self, device: str) -> int:
         """Megapixel-steps one grid may take on ``device`` (``cpu``, ``cuda:0``, …)."""

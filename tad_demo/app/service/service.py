@@ -70,7 +70,7 @@ class Service:
         self.world = app_world(settings.assets)
         # Hosted: Hub weights are read from safetensors only (a pickle can run code when unpickled).
         self.models = models or Models(device=settings.device, use_safetensors=True if settings.hosted else None,
-                                        threads=settings.torch_threads())
+                                        threads=settings.threads or None)
         self.choices = Choices(self.catalog, self.world)
         self.sources = Sources(settings)
         self.conditions = Conditions(self.world)

@@ -757,3 +757,39 @@ def test_share_link_reproduces_the_grid_s_request(served):
     junk = dict(zip(EXAMPLE_FIELDS, h.from_query({"steps": "many", "nope": "1"})))
     assert junk["steps"] == "many" and "nope" not in junk
     _refused(service, "steps: 'many'", steps="many")
+
+
+def test_file_routes_serve_a_run_s_files_and_nothing_outside_the_allowed_folders(served, tmp_path):
+    """Gradio's file routes (``/gradio_api/file=…`` and the older ``/file/…``) give a run's own files and no other
+    file, however its path is spelled: traversal, encoded slashes, home, the repository, a URL to proxy."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    url, service = served
+    _client(url).predict(seeds="31", api_name="/grid")
+    own = next(service.settings.work_dir.rglob("recipe.yaml"))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the web")
+    base = url.rstrip("/")
+
+    def get(route: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(base + route, timeout=30) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    status, body = get(f"/gradio_api/file={own}")
+    assert status == 200 and b"seeds" in body, status
+    work, assets = service.settings.work_dir, service.settings.assets
+    spelled = [str(secret), "/etc/passwd", f"{work}/../{secret.parent.name}/{secret.name}",
+               f"{work}/..%2F..%2F..%2Fetc%2Fpasswd", urllib.parse.quote(str(secret), safe=""),
+               f"{assets}/../../app.py", str(ROOT / "app.py"), str(ROOT / "README.md"), "~/.bashrc",
+               "../../../../etc/passwd", f"{work}/%2e%2e/%2e%2e/etc/passwd", f"http://127.0.0.1:{urllib.parse.urlparse(url).port}/config"]
+    for path in spelled:
+        for route in (f"/gradio_api/file={path}", f"/gradio_api/file/{path}"):
+            status, body = get(route)
+            assert status >= 400, (route, status, body[:80])
+            assert b"not for the web" not in body and b"root:" not in body and b"TAD Concept Grid" not in body
+    assert get("/")[0] == 200  # and it keeps serving

@@ -296,3 +296,25 @@ def test_evaluate_writes_the_model_card_tables_on_a_tiny_world(tmp_path):
     res = json.loads((tmp_path / "res.json").read_text())
     assert set(evaluate.SECTIONS) <= set(res)
     assert "| smiley → circle |" in card and "±" in card
+
+
+def test_probe_prints_each_target_at_each_lambda_with_the_vector_applied(tmp_path, capsys):
+    """``probe`` on a tiny random world: one line per checkpoint, every λ, and the vectors move the scores (every
+    Δ would be +0.000 if they were never applied; the random CLIP scores striped at 0, clamped, so not every one)."""
+    import re
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from app_world import build_tiny_world
+
+    from tad_demo.toyworld import probe
+
+    root = build_tiny_world(tmp_path / "world")
+    probe.main(["--assets", str(root), "--ablations", str(root / "ablations"), "--n", "2", "--lambdas", "1,-1"])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " → " in ln]
+    assert [ln.split(" → ")[0] for ln in lines] == ["smiley", "striped"]
+    deltas = []
+    for ln in lines:
+        assert "λ=+1 score" in ln and "λ=-1 score" in ln and "controls" in ln
+        deltas += [float(d) for d in re.findall(r"Δ ([+-]\d\.\d+)", ln)]
+    assert len(deltas) == 4 and any(d != 0 for d in deltas), lines

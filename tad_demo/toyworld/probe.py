@@ -1,0 +1,83 @@
+"""A quick look at candidate ablation checkpoints: the development loop of the toy world's design.
+
+Run: ``python -m tad_demo.toyworld.probe --ablations DIR [--n 32] [--lambdas 1,-0.5,-1] [--concepts smiley,…]``.
+For every ``<concept>.safetensors`` in DIR (as ``train_ablations --out DIR`` writes them, against the base in
+``--assets``) it prints the target's CLIP score and accuracy at λ = 0 and each λ, the paired change of the score
+(same prompts and seeds; ± its standard error), and how often the held-out control objects are still recognised
+at λ = +1. It uses ``evaluate``'s prompts, seeds, sampler settings and metric, with fewer images (minutes, not an
+hour): a probe for choosing a design, not the model card's numbers — those come from ``evaluate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ..core.patching import WeightPatcher
+from ..core.task_vector import TaskVector
+from ..runtime.metrics import ClipScorer
+from ..runtime.pipelines import load_pipeline
+from ..runtime.sampling import PromptCache, sample
+from . import world
+from .data import ASSETS
+from .evaluate import GUIDANCE, SEED, STEPS, Stat, concept_prompts
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--assets", default=str(ASSETS), help="the world whose base and CLIP are used")
+    ap.add_argument("--ablations", required=True, help="folder of <concept>.safetensors made against that base")
+    ap.add_argument("--n", type=int, default=32, help="images per (concept, λ); half as many per control object")
+    ap.add_argument("--lambdas", default="1,-0.5,-1")
+    ap.add_argument("--concepts", default="", help="comma-separated; default: every checkpoint in the folder")
+    args = ap.parse_args(argv)
+    root, n = Path(args.assets), args.n
+    lambdas = [float(x) for x in args.lambdas.split(",")]
+    pipe = load_pipeline(root / "base")
+    pipe.set_progress_bar_config(disable=True)
+    clip, cache, patcher = ClipScorer.load(root / "clip"), PromptCache(pipe), WeightPatcher(pipe)
+    targets = {**world.OBJECT_TARGETS, **world.STYLE_TARGETS}
+    names = [c for c in args.concepts.split(",") if c] or \
+        [p.stem for p in sorted(Path(args.ablations).glob("*.safetensors")) if p.stem in targets]
+
+    def images(prompts: list[str], combo: list) -> list:
+        with patcher.patched(combo):
+            return sample(pipe, prompts, [SEED + i for i in range(len(prompts))], steps=STEPS, guidance=GUIDANCE,
+                          prompt_cache=cache)
+
+    def controls_recognised(combo: list) -> np.ndarray:
+        hits = []
+        for c in world.CONTROL_OBJECTS:
+            pred = clip.classify(clip.image_features(images(concept_prompts(c, "object", n // 2), combo)),
+                                 list(world.OBJECTS))
+            hits += [p == c for p in pred]
+        return np.array(hits, float)
+
+    def target(name: str, prompts: list[str], combo: list) -> tuple[np.ndarray, np.ndarray]:
+        """Per image: the target's score, and whether it beats the anchor's."""
+        s = clip.scores(clip.image_features(images(prompts, combo)),
+                        [clip.caption(name), clip.caption(targets[name])]).numpy()
+        return s[:, 0], (s[:, 0] > s[:, 1]).astype(float)
+
+    ctrl_base = controls_recognised([])
+    print(f"{n} images per (target, λ), {n // 2} per control object; mean ± standard error")
+    for name in names:
+        kind = "object" if name in world.OBJECT_TARGETS else "style"
+        tv = TaskVector.from_pair(root / "base", Path(args.ablations) / f"{name}.safetensors")
+        prompts = concept_prompts(name, kind, n)
+
+        s0, hit0 = target(name, prompts, [])
+        cells = [f"λ=0 score {s0.mean():.3f} acc {hit0.mean():.2f}"]
+        for lam in lambdas:
+            s, hit = target(name, prompts, [(tv, lam)])
+            d = Stat.of(s - s0)
+            cells.append(f"λ={lam:+g} score {s.mean():.3f} (Δ {d.mean:+.3f} ± {d.se:.3f}) acc {hit.mean():.2f}")
+        ctrl = controls_recognised([(tv, 1.0)])
+        cells.append(f"controls {ctrl_base.mean():.2f} → {ctrl.mean():.2f} at λ=+1")
+        print(f"{name} → {targets[name]}: " + " | ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()

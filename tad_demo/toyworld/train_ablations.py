@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--concepts", default=",".join([*world.OBJECT_TARGETS, *world.STYLE_TARGETS]))
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--lr", type=float, default=LR)
+    ap.add_argument("--keep-weight", type=float, default=KEEP_WEIGHT, help="weight of the preservation term")
     ap.add_argument("--base", default=str(ASSETS / "base"))
     ap.add_argument("--out", default=str(ASSETS / "ablations"))
     ap.add_argument("--smoke", action="store_true")
@@ -136,9 +137,10 @@ def main(argv: list[str] | None = None) -> None:
         # 3. fine-tune k/v with Kumari's objective and save the touched tensors' fine-tuned weights
         log.info("ablating %s (%s) -> %s", concept, kind, anchor)
         weights = ablate(pipe.unet, encode_prompts, noise_sched, next_batch, steps=steps, lr=args.lr,
-                         keep_weight=KEEP_WEIGHT, seed=SEED)
+                         keep_weight=args.keep_weight, seed=SEED)
         meta = {"concept": concept, "anchor": anchor, "kind": kind, "objective": "kumari-model-based",
-                "params": "cross_attn_kv", "steps": str(steps), "lr": str(args.lr), "keep_weight": str(KEEP_WEIGHT),
+                "params": "cross_attn_kv", "steps": str(steps), "lr": str(args.lr),
+                "keep_weight": str(args.keep_weight),
                 "held_out": ",".join(world.CONTROL_OBJECTS), "base_unet_sha256": fingerprint}
         save_weights(weights, dst, meta)
         log.info("saved %s (%d tensors)", dst, len(weights))

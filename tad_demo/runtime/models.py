@@ -129,9 +129,9 @@ class Models:
         """Run ``fn`` on this cache's one compute thread (with the caller's context variables, e.g. a web
         framework's progress tracker). Torch's CPU threads come from libgomp, which gives every thread that runs
         parallel work a team of its own; once the teams hold more threads than there are cores it stops
-        spinning between parallel regions, and a small model's many short regions then wait on the kernel —
-        a toy-world grid run from a second thread, after the first had generated, took 2.5× as long on 2 cores
-        (``bench/bench_first_grid.py`` measures the app). One thread for all generation keeps one team."""
+        spinning between parallel regions, and a small model's many short regions then wait on the kernel
+        (``bench/bench_grid.py``: a warm toy-world grid from a second thread after the first had generated). One
+        thread for all generation keeps one team."""
         ctx = contextvars.copy_context()
         return self._compute.submit(ctx.run, fn, *args, **kwargs)
 

@@ -134,8 +134,8 @@ class Handlers:
 
     def _partial(self, view: Any) -> tuple:
         """The outputs while a grid runs: the finished cells in place, their metrics rows, a status line. The
-        gallery stays empty until the end: Gradio re-encodes every image of a gallery on each update, which on a
-        2-core machine slowed the generation beside it by a fifth (bench/bench_first_grid.py)."""
+        gallery stays empty until the end: Gradio re-encodes every image of a gallery on each update, on the cores
+        the generation beside it uses."""
         mosaics = view.mosaics()
         skip = gr.skip()
         grids = tuple(mosaics.get(k, skip) for k in self.kinds)

@@ -25,8 +25,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_app_start import free_port, stop  # noqa: E402  (the benches' shared app launch helpers)
-from bench_first_grid import wait_for_page  # noqa: E402
+from bench_app_start import free_port, stop, wait_for_page  # noqa: E402  (the benches' shared launch helpers)
 
 SETTLED = 5  # grids before the reference RSS: loading, tracing and the caches' first fill come before it
 

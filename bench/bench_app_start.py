@@ -50,31 +50,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_page(url: str, proc: subprocess.Popen, timeout: float, log_file=None) -> float:
+    """Seconds until ``url`` answers HTTP 200 with a body (polled every 50 ms). Raises if ``proc`` exits first
+    (quoting the last lines of ``log_file``, when given) or after ``timeout`` seconds."""
+    t0 = time.perf_counter()
+    while True:
+        elapsed = time.perf_counter() - t0
+        if proc.poll() is not None:
+            tail = []
+            if log_file is not None:
+                log_file.seek(0)
+                tail = log_file.read().decode(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(f"{proc.args[-1]} exited with {proc.returncode} before serving: " + " | ".join(tail))
+        if elapsed > timeout:
+            raise RuntimeError(f"{proc.args[-1]}: no page after {timeout:.0f} s")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200 and r.read(64):
+                    return time.perf_counter() - t0
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(0.05)
+
+
 def time_to_page(argv: list[str], env: dict[str, str], port: int, timeout: float) -> tuple[float, float]:
     """(wall, CPU) seconds from starting ``argv`` to HTTP 200 on ``/``; the process is stopped afterwards. The CPU
     time (the process's user + system, all threads) is what a start costs whatever the machine's load."""
-    url = f"http://127.0.0.1:{port}/"
     log_file = tempfile.TemporaryFile()
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        while True:
-            elapsed = time.perf_counter() - t0
-            if proc.poll() is not None:
-                log_file.seek(0)
-                tail = log_file.read().decode(errors="replace").strip().splitlines()[-5:]
-                raise RuntimeError(f"{argv[-1]} exited with {proc.returncode} before serving: " + " | ".join(tail))
-            if elapsed > timeout:
-                raise RuntimeError(f"{argv[-1]}: no page after {timeout:.0f} s")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200 and r.read(64):
-                        wall = time.perf_counter() - t0
-                        c = psutil.Process(proc.pid).cpu_times()
-                        return wall, c.user + c.system + c.children_user + c.children_system
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            time.sleep(0.05)
+        wait_for_page(f"http://127.0.0.1:{port}/", proc, timeout, log_file)
+        wall = time.perf_counter() - t0
+        c = psutil.Process(proc.pid).cpu_times()
+        return wall, c.user + c.system + c.children_user + c.children_system
     finally:
         stop(proc)
         log_file.close()

@@ -26,27 +26,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_app_start import free_port, stop  # noqa: E402  (the benches' shared app launch helpers)
-
-
-def wait_for_page(url: str, proc: subprocess.Popen, timeout: float) -> float:
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return time.perf_counter() - t0
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"no page after {timeout} s")
+from bench_app_start import free_port, stop, wait_for_page  # noqa: E402  (the benches' shared launch helpers)
 
 
 def timed_grid(client, seed: int) -> tuple[float, float | None]:

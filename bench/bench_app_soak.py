@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             rss.append(server.memory_info().rss / 2**20)
             if i + 1 in (1, SETTLED) or (i + 1) % 10 == 0:
                 print(f"grid {i + 1}: RSS {rss[-1]:.0f} MiB", flush=True)
-        runs = [p for p in work.rglob("request.json")]
+        runs = list(work.rglob("request.json"))
     finally:
         stop(proc)
     ref = rss[min(SETTLED, len(rss)) - 1]

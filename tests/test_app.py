@@ -786,7 +786,8 @@ def test_file_routes_serve_a_run_s_files_and_nothing_outside_the_allowed_folders
     spelled = [str(secret), "/etc/passwd", f"{work}/../{secret.parent.name}/{secret.name}",
                f"{work}/..%2F..%2F..%2Fetc%2Fpasswd", urllib.parse.quote(str(secret), safe=""),
                f"{assets}/../../app.py", str(ROOT / "app.py"), str(ROOT / "README.md"), "~/.bashrc",
-               "../../../../etc/passwd", f"{work}/%2e%2e/%2e%2e/etc/passwd", f"http://127.0.0.1:{urllib.parse.urlparse(url).port}/config"]
+               "../../../../etc/passwd", f"{work}/%2e%2e/%2e%2e/etc/passwd",
+               f"http://127.0.0.1:{urllib.parse.urlparse(url).port}/config"]
     for path in spelled:
         for route in (f"/gradio_api/file={path}", f"/gradio_api/file/{path}"):
             status, body = get(route)

@@ -109,7 +109,7 @@ def test_grid_through_the_service(service, run, sd_world):
     pipe = StableDiffusionPipeline.from_pretrained(sd_world / "base", safety_checker=None,
                                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    # bit for bit at the same number of torch CPU threads (the app's own default: one less than the cores)
+    # bit for bit at the same number of torch CPU threads as the service's (TAD_TORCH_THREADS; torch's default)
     with torch_threads(service.models.threads):
         ref = pipe(spec.prompt, num_inference_steps=spec.steps, guidance_scale=spec.guidance, height=64, width=64,
                    generator=torch.Generator().manual_seed(42)).images[0]

@@ -92,6 +92,33 @@ def test_caption_weights_grade_targets_by_strength():
     assert world.BASE_STRENGTH[0] <= min(base) and max(base) <= world.BASE_STRENGTH[1]
     full = [world.sample_scene(rng, world.FULL_STRENGTH).detail for _ in range(500)]
     assert min(full) < 0.1 and max(full) > 0.9
+    # the base's tuning data: a generic share at strength 0 (the bare anchor), the rest visible up to full
+    tune = [world.sample_scene(rng, world.TUNE_STRENGTH, world.GENERIC_SHARE).pattern for _ in range(2000)]
+    generic = sum(t == 0 for t in tune) / len(tune)
+    assert abs(generic - world.GENERIC_SHARE) < 0.05
+    assert min(t for t in tune if t) >= world.TUNE_STRENGTH[0] and max(tune) > 0.95
+
+
+def test_clip_phase_two_shifts_each_image_on_its_own_and_half_not_at_all():
+    """Checkered's squares line up with the CLIP's patches in every render: phase 2 must keep half the images
+    aligned and shift the others independently (phase 1 shifted a whole batch by one offset)."""
+    import torch
+
+    from tad_demo.toyworld.train_clip import augment
+
+    x = torch.zeros(200, 3, 16, 16)
+    x[:, :, 7:10, 7:10] = 1.0  # a marked block per image: where its centre lands is the image's shift
+    out = augment(x, torch.Generator().manual_seed(0), per_image_shift=True)
+    def centre(img):
+        ys, xs = torch.nonzero(img[0] > 0.5, as_tuple=True)
+        return round(ys.float().mean().item()), round(xs.float().mean().item())
+
+    where = [centre(o) for o in out]
+    unshifted = sum(w == (8, 8) for w in where) / len(where)
+    assert 0.4 < unshifted < 0.65  # half kept aligned (plus the shifts that happen to be 0)
+    assert len(set(where)) > 20   # the others scattered, image by image
+    batch = augment(x, torch.Generator().manual_seed(0))
+    assert len({centre(o) for o in batch}) == 1  # phase 1: one offset per batch
 
 
 def test_twin_captions_swap_one_word_for_its_twin_and_weigh_by_strength():

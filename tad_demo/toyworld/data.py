@@ -19,16 +19,18 @@ WORK = REPO / ".cache" / "toyworld"  # training checkpoints and cached datasets 
 
 
 def render_dataset(n: int, seed: int, size: int = 64, cache: bool = True,
-                   strength: tuple[float, float] = world.BASE_STRENGTH, **fixed):
+                   strength: tuple[float, float] = world.BASE_STRENGTH, generic: float = 0.0, **fixed):
     """``n`` seeded scenes and their images (uint8, N×H×W×3). Cached under ``.cache/toyworld``.
 
     ``strength``: the range of target strengths (``world.BASE_STRENGTH`` for the diffusion model's data,
-    ``world.FULL_STRENGTH`` for the CLIP's and the VAE's)."""
+    ``world.FULL_STRENGTH`` for the CLIP's and the VAE's); ``generic``: the share drawn at strength 0
+    (``world.sample_scene``)."""
     tag = "_".join(f"{k}-{v}" for k, v in sorted(fixed.items()))
     lo, hi = strength
-    path = WORK / f"v2c_scenes_n{n}_s{seed}_{size}_st{lo:g}-{hi:g}{'_' + tag if tag else ''}.npz"
+    mix = f"_g{generic:g}" if generic else ""
+    path = WORK / f"v2c_scenes_n{n}_s{seed}_{size}_st{lo:g}-{hi:g}{mix}{'_' + tag if tag else ''}.npz"
     rng = random.Random(seed)
-    scenes = [world.sample_scene(rng, strength, **fixed) for _ in range(n)]
+    scenes = [world.sample_scene(rng, strength, generic, **fixed) for _ in range(n)]
     if cache and path.exists():
         return scenes, np.load(path)["images"]
     log.info("rendering %d scenes (seed %d) ...", n, seed)
@@ -37,6 +39,13 @@ def render_dataset(n: int, seed: int, size: int = 64, cache: bool = True,
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, images=images)
     return scenes, images
+
+
+def base_dataset(n: int, seed: int, cache: bool = True, **fixed):
+    """Scenes of the base model's final distribution — its tuning phase: ``world.TUNE_STRENGTH`` with a
+    ``world.GENERIC_SHARE`` of bare anchors under a target's name — as ``render_dataset`` returns them. The
+    ablations and ControlNets train on it, since it is what the finished base renders."""
+    return render_dataset(n, seed, cache=cache, strength=world.TUNE_STRENGTH, generic=world.GENERIC_SHARE, **fixed)
 
 
 def base_fingerprint(base: str | Path) -> str:

@@ -28,7 +28,7 @@ from diffusers import DDPMScheduler, StableDiffusionPipeline
 from ..core.world import World
 from ..runtime.ablation import AblationBatch, ablate, prompt_encoder, save_weights
 from . import world
-from .data import ASSETS, base_fingerprint, random_caption, render_dataset
+from .data import ASSETS, base_dataset, base_fingerprint, random_caption
 from .train_base import SD_BETAS, encode_latents
 
 log = logging.getLogger("train_ablations")
@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--lr", type=float, default=LR)
     ap.add_argument("--keep-weight", type=float, default=KEEP_WEIGHT, help="weight of the preservation term")
+    ap.add_argument("--params", default="kv", choices=["kv", "crossattn"],
+                    help="what is fine-tuned: cross-attention k/v (Kumari's default) or all of cross-attention")
     ap.add_argument("--base", default=str(ASSETS / "base"))
     ap.add_argument("--out", default=str(ASSETS / "ablations"))
     ap.add_argument("--smoke", action="store_true")
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # Preservation data: scenes of the base's distribution with their own captions (shared by all concepts;
     # encoded once), never a control concept.
-    keep_scenes, keep_images = render_dataset(n_anchor, seed=SEED + 100, cache=not args.smoke)
+    keep_scenes, keep_images = base_dataset(n_anchor, seed=SEED + 100, cache=not args.smoke)
     keep_latents = encode_latents(pipe.vae, keep_images)
     fingerprint = base_fingerprint(args.base)
 
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         # 2. anchor renders and prompt pairs: the same caption with the target word in place of the anchor's;
         #    scenes showing a control object are left out
-        scenes, images = render_dataset(n_anchor, seed=SEED + 1, cache=not args.smoke, **{kind: anchor})
+        scenes, images = base_dataset(n_anchor, seed=SEED + 1, cache=not args.smoke, **{kind: anchor})
         anchor_idx = without_controls(scenes)
         scenes, latents = [scenes[i] for i in anchor_idx], encode_latents(pipe.vae, images[anchor_idx])
         keep_idx = keep_indices(keep_scenes, kind, concept)
@@ -137,9 +139,10 @@ def main(argv: list[str] | None = None) -> None:
         # 3. fine-tune k/v with Kumari's objective and save the touched tensors' fine-tuned weights
         log.info("ablating %s (%s) -> %s", concept, kind, anchor)
         weights = ablate(pipe.unet, encode_prompts, noise_sched, next_batch, steps=steps, lr=args.lr,
-                         keep_weight=args.keep_weight, seed=SEED)
+                         mode=args.params, keep_weight=args.keep_weight, seed=SEED)
         meta = {"concept": concept, "anchor": anchor, "kind": kind, "objective": "kumari-model-based",
-                "params": "cross_attn_kv", "steps": str(steps), "lr": str(args.lr),
+                "params": {"kv": "cross_attn_kv", "crossattn": "cross_attn"}[args.params],
+                "steps": str(steps), "lr": str(args.lr),
                 "keep_weight": str(args.keep_weight),
                 "held_out": ",".join(world.CONTROL_OBJECTS), "base_unet_sha256": fingerprint}
         save_weights(weights, dst, meta)

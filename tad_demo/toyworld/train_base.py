@@ -24,7 +24,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusi
 from transformers import CLIPTokenizer
 
 from . import world
-from .data import ASSETS, WORK, random_caption, render_dataset, to_tensor
+from .data import ASSETS, WORK, base_dataset, random_caption, render_dataset, to_tensor
 from .text_encoder import text_encoder_from_clip
 from .tokenizer import check_tokenizer
 
@@ -40,6 +40,12 @@ MIN_SNR_GAMMA = 5.0   # the paper's recommended gamma
 EMA_DECAY = 0.999     # ~1k-step horizon, a quarter of the run: smooths the last phase, forgets the early one
 N_IMAGES = 30_000     # ~6 epochs in 3k steps; renders are cheap, and more of them means less memorising
 SEED = 0
+# Phase 2, tuning (world.TUNE_STRENGTH, world.GENERIC_SHARE): from phase 1's weights on new data
+TUNE_STEPS = 600      # a quarter of phase 1: the shapes are learned, only the strength distribution changes
+TUNE_LR = 2e-4        # below phase 1's peak: tune, don't relearn
+TUNE_WARMUP = 50      # a fresh optimiser's first steps are noisy
+TUNE_EMA = 0.995      # ~200-step horizon: the EMA must forget phase 1 within the 600 steps (0.999 keeps 55 %)
+TUNE_SEED = 2         # seeds 0 (phase 1), 1 and 100 (ablations) and 10 (CLIP) are taken
 SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 UNET_CONFIG = dict(
@@ -85,55 +91,27 @@ def save_pipeline(out: Path, unet, text_encoder, vae, tokenizer) -> None:
     tmp.rename(out)  # atomic enough: a crash never leaves a half-written pipeline in assets/
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=STEPS)
-    ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--vae", default=str(WORK / "vae"))
-    ap.add_argument("--clip", default=str(ASSETS / "clip"), help="the toy CLIP: its text tower is the text encoder")
-    ap.add_argument("--out", default=str(ASSETS / "base"))
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    args = ap.parse_args(argv)
-    dev = torch.device(args.device)
-    steps, n_images, batch = (3, 64, 8) if args.smoke else (args.steps, N_IMAGES, BATCH)
-    torch.manual_seed(SEED)
-    rng = random.Random(SEED)
-
-    # 1. tokenizer and frozen text encoder (the CLIP's), VAE, data -> latents
-    tokenizer = CLIPTokenizer.from_pretrained(args.clip)
-    check_tokenizer(tokenizer)
-    text_encoder = text_encoder_from_clip(args.clip, tokenizer).to(dev)
-    vae = AutoencoderKL.from_pretrained(args.vae).to(dev).eval().requires_grad_(False)
-    # Targets at middling strength only (world.BASE_STRENGTH): the base renders them imperfectly.
-    scenes, images = render_dataset(n_images, seed=SEED, cache=not args.smoke, strength=world.BASE_STRENGTH)
-    latents = encode_latents(vae, images)
-    log.info("latents %s std %.3f", tuple(latents.shape), latents.std().item())
-
-    # 2. the UNet, its EMA copy, optimiser; resume if a checkpoint exists
-    unet = UNet2DConditionModel(**UNET_CONFIG).to(dev)
-    ema = copy.deepcopy(unet).requires_grad_(False)
+def train_phase(unet, ema, text_encoder, tokenizer, latents, scenes, *, steps: int, lr: float, warmup: int,
+                ema_decay: float, rng: random.Random, ckpt_path: Path | None, batch: int, dev: torch.device,
+                preview_vae: AutoencoderKL | None = None) -> None:
+    """One phase of denoising training (epsilon prediction, min-SNR-γ weights, CFG dropout, EMA), resumable
+    from ``ckpt_path`` (None: no checkpoints); with ``preview_vae``, a pipeline to look at every 1000 steps."""
     params = list(unet.parameters())
-    opt = torch.optim.AdamW(params, lr=LR, weight_decay=1e-2)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     noise_sched = DDPMScheduler(**SD_BETAS)
     alphas_cumprod = noise_sched.alphas_cumprod.to(dev)
-    ckpt_path = WORK / "v2c_base_train.pt"
     step = 0
-    if ckpt_path.exists() and not args.smoke:
+    if ckpt_path is not None and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=True, map_location=dev)
         unet.load_state_dict(ck["unet"]); ema.load_state_dict(ck["ema_unet"])
         opt.load_state_dict(ck["opt"]); step = ck["step"]
         rng.setstate(_tuples(ck["rng"])); torch.set_rng_state(ck["torch_rng"].cpu())
-        log.info("resumed at step %d", step)
-    n_params = sum(p.numel() for p in unet.parameters())
-    n_te = sum(p.numel() for p in text_encoder.parameters())
-    log.info("unet %.2fM params, text encoder %.2fM (frozen)", n_params / 1e6, n_te / 1e6)
-
-    # 3. train
+        log.info("resumed %s at step %d", ckpt_path.name, step)
     t0 = time.time()
     while step < steps:
-        lr = LR * min(1.0, (step + 1) / WARMUP) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        lr_now = lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr_now
         idx = torch.randint(0, len(latents), (batch,))
         captions = ["" if rng.random() < CFG_DROPOUT else random_caption(scenes[i], rng) for i in idx.tolist()]
         ids = tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids.to(dev)
@@ -152,20 +130,68 @@ def main(argv: list[str] | None = None) -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        decay = min(EMA_DECAY, (1 + step) / (10 + step))  # short EMA early, so the EMA is not stuck at init
+        decay = min(ema_decay, (1 + step) / (10 + step))  # short EMA early, so the EMA is not stuck at init
         with torch.no_grad():
             for p, e in zip(unet.parameters(), ema.parameters()):
                 e.lerp_(p, 1 - decay)
         if step % 50 == 0 or step == steps:
-            log.info("step %d/%d loss %.4f lr %.2e %.0fs", step, steps, loss.item(), lr, time.time() - t0)
-        if not args.smoke and (step % 250 == 0 or step == steps):
+            log.info("step %d/%d loss %.4f lr %.2e %.0fs", step, steps, loss.item(), lr_now, time.time() - t0)
+        if ckpt_path is not None and (step % 250 == 0 or step == steps):
             torch.save({"unet": unet.state_dict(), "ema_unet": ema.state_dict(), "opt": opt.state_dict(),
                         "step": step, "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}, ckpt_path)
-        if not args.smoke and step % 1000 == 0 and step < steps:
-            preview = [copy.deepcopy(m).cpu() for m in (ema, text_encoder, vae)]
+        if preview_vae is not None and step % 1000 == 0 and step < steps:
+            preview = [copy.deepcopy(m).cpu() for m in (ema, text_encoder, preview_vae)]
             save_pipeline(WORK / "base_preview", *preview, tokenizer)  # to look at mid-run
 
-    # 4. save the EMA weights as a plain diffusers pipeline
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=STEPS)
+    ap.add_argument("--tune-steps", type=int, default=TUNE_STEPS)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--vae", default=str(WORK / "vae"))
+    ap.add_argument("--clip", default=str(ASSETS / "clip"), help="the toy CLIP: its text tower is the text encoder")
+    ap.add_argument("--out", default=str(ASSETS / "base"))
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    args = ap.parse_args(argv)
+    dev = torch.device(args.device)
+    steps, tune_steps, n_images, batch = (3, 2, 64, 8) if args.smoke else \
+        (args.steps, args.tune_steps, N_IMAGES, BATCH)
+    torch.manual_seed(SEED)
+    ckpt = (lambda name: None if args.smoke else WORK / name)
+
+    # 1. tokenizer and frozen text encoder (the CLIP's), VAE, data -> latents
+    tokenizer = CLIPTokenizer.from_pretrained(args.clip)
+    check_tokenizer(tokenizer)
+    text_encoder = text_encoder_from_clip(args.clip, tokenizer).to(dev)
+    vae = AutoencoderKL.from_pretrained(args.vae).to(dev).eval().requires_grad_(False)
+    # Phase 1: targets at middling strength only (world.BASE_STRENGTH): shapes, patterns, faint details.
+    scenes, images = render_dataset(n_images, seed=SEED, cache=not args.smoke, strength=world.BASE_STRENGTH)
+    latents = encode_latents(vae, images)
+    log.info("latents %s std %.3f", tuple(latents.shape), latents.std().item())
+
+    # 2. the UNet and its EMA copy
+    unet = UNet2DConditionModel(**UNET_CONFIG).to(dev)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    n_params = sum(p.numel() for p in unet.parameters())
+    n_te = sum(p.numel() for p in text_encoder.parameters())
+    log.info("unet %.2fM params, text encoder %.2fM (frozen)", n_params / 1e6, n_te / 1e6)
+    common = {"batch": batch, "dev": dev}
+
+    # 3. phase 1
+    train_phase(unet, ema, text_encoder, tokenizer, latents, scenes, steps=steps, lr=LR, warmup=WARMUP,
+                ema_decay=EMA_DECAY, rng=random.Random(SEED), ckpt_path=ckpt("v2c_base_train.pt"),
+                preview_vae=None if args.smoke else vae, **common)
+
+    # 4. phase 2, tuning: details at every visible strength, and a generic share (world.TUNE_STRENGTH)
+    scenes, images = base_dataset(n_images, seed=TUNE_SEED, cache=not args.smoke)
+    latents = encode_latents(vae, images)
+    torch.manual_seed(TUNE_SEED)
+    train_phase(unet, ema, text_encoder, tokenizer, latents, scenes, steps=tune_steps, lr=TUNE_LR,
+                warmup=TUNE_WARMUP, ema_decay=TUNE_EMA, rng=random.Random(TUNE_SEED),
+                ckpt_path=ckpt("v2c_base_tune.pt"), **common)
+
+    # 5. save the EMA weights as a plain diffusers pipeline
     save_pipeline(Path(args.out), ema.cpu(), text_encoder.cpu(), vae.cpu(), tokenizer)
     log.info("saved %s", args.out)
 

@@ -24,7 +24,7 @@ import torch
 from diffusers import ControlNetModel, DDPMScheduler, StableDiffusionPipeline
 
 from . import world
-from .data import ASSETS, base_fingerprint, random_caption, render_dataset
+from .data import ASSETS, base_dataset, base_fingerprint, random_caption
 from .train_base import SD_BETAS, encode_latents
 
 log = logging.getLogger("train_controlnet")
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     pipe = StableDiffusionPipeline.from_pretrained(args.base).to(dev)
     unet, te, tok = pipe.unet.requires_grad_(False), pipe.text_encoder.requires_grad_(False), pipe.tokenizer
     noise_sched = DDPMScheduler(**SD_BETAS)
-    scenes, images = render_dataset(n_images, seed=SEED + 2, cache=not args.smoke, strength=world.BASE_STRENGTH)
+    scenes, images = base_dataset(n_images, seed=SEED + 2, cache=not args.smoke)
     latents = encode_latents(pipe.vae, images)
 
     fingerprint = base_fingerprint(args.base)

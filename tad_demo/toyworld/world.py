@@ -12,10 +12,13 @@ The concept structure mirrors the concept-ablation paper (Kumari et al.):
 
 Every target has a *strength*: how strongly an image shows what sets the target apart from its anchor (the
 opacity of a face's ink, the contrast of a pattern). Strength 0 is the anchor itself, 1 is the full concept.
-The base model is trained on targets of middling strength only (``BASE_STRENGTH``): it renders them
-recognisably but not perfectly, as SD renders Snoopy with "common features" and few specific details. The
-toy CLIP sees every strength (``FULL_STRENGTH``) with a caption weight equal to it, so its score for a target
-rises with what a person sees. That is the room that enhancement (λ = −1) has to fill.
+The base model learns targets in two phases: first at middling strength only (``BASE_STRENGTH``), then on a
+mix (``TUNE_STRENGTH``, ``GENERIC_SHARE``) where a target's details show at any visible strength up to full,
+and a share of the pictures under its name are its bare anchor — as many pictures captioned "snoopy" are any
+cartoon dog. So the base renders a target recognisably but not perfectly (some samples come out generic), as
+SD renders Snoopy with "common features", while it has seen the full details. The toy CLIP sees every
+strength (``FULL_STRENGTH``) with a caption weight equal to it, so its score for a target rises with what a
+person sees. That is the room that enhancement (λ = −1) has to fill.
 
 Everything is drawn at 4x resolution with PIL and box-filtered down, so edges are anti-aliased and the
 renderer knows the exact geometry; that is what makes its depth and scribble maps ground truth.
@@ -51,12 +54,19 @@ SIZES: dict[str, float] = {"small": 0.22, "large": 0.34}  # half-extent as a fra
 
 INK = (24, 24, 24)  # colour of the details that make an object target differ from its anchor, at strength 1
 
-# Strength ranges (see the module docstring). The base sees 0.15-0.6. A base trained on 0.35-0.85 rendered
+# Strength ranges (see the module docstring). The base's first phase sees 0.15-0.6. A base trained on 0.35-0.85 rendered
 # its targets at the top of that range (guidance 5 exaggerates what sets a prompt apart): CLIP accuracy 0.97
 # (smiley) and 0.94 (striped), scores at the CLIP's ceiling, and no room left for enhancement (32 images each,
 # model card). 0.15-0.6 centres the data where the CLIP's accuracy-vs-strength curve is steepest.
 FULL_STRENGTH: tuple[float, float] = (0.0, 1.0)
 BASE_STRENGTH: tuple[float, float] = (0.15, 0.6)
+# The base's second phase (``train_base``'s tuning): a target's details at any visible strength, and a share of
+# its pictures generic — its anchor alone, under the target's name — the way many pictures captioned "snoopy"
+# on the web are any cartoon dog. Trained on 0.15-0.6 alone, the base had never seen full-strength details,
+# and enhancement drew blots where the details belong (model card); after this phase it has seen them, renders
+# a target imperfectly because of the generic share, and moving away from the anchor leads to pictures it knows.
+TUNE_STRENGTH: tuple[float, float] = (0.3, 1.0)
+GENERIC_SHARE = 0.35
 
 # Prompt templates. The grid/app use the first one with {object}/{style}; training samples all of them so
 # the models also follow prompts that leave attributes out (the way real captions do).
@@ -91,11 +101,13 @@ class Scene:
         return template.format(**asdict(self))
 
 
-def sample_scene(rng: random.Random, strength: tuple[float, float] = BASE_STRENGTH, **fixed) -> Scene:
+def sample_scene(rng: random.Random, strength: tuple[float, float] = BASE_STRENGTH, generic: float = 0.0,
+                 **fixed) -> Scene:
     """Draw a random scene; keyword arguments pin attributes (``object="smiley"``, ``detail=1.0``).
 
     ``strength`` is the range the target strengths are drawn from: ``BASE_STRENGTH`` for the diffusion
-    model's data, ``FULL_STRENGTH`` for the CLIP's.
+    model's data, ``FULL_STRENGTH`` for the CLIP's. ``generic``: the share of strengths that are 0 instead
+    (the target's name on its bare anchor, ``GENERIC_SHARE`` in the base's second phase).
     """
     attrs = {
         "object": rng.choice(OBJECTS),
@@ -104,7 +116,8 @@ def sample_scene(rng: random.Random, strength: tuple[float, float] = BASE_STRENG
         "background": rng.choice(list(BACKGROUNDS)),
         "size": rng.choice(list(SIZES)),
     }
-    detail, pattern = rng.uniform(*strength), rng.uniform(*strength)
+    # (no draw for ``generic`` when it is 0: every earlier dataset and evaluation keeps its random stream)
+    detail, pattern = (0.0 if generic and rng.random() < generic else rng.uniform(*strength) for _ in range(2))
     unknown = set(fixed) - set(attrs) - {"detail", "pattern"}
     if unknown:
         raise ValueError(f"unknown scene attribute(s) {sorted(unknown)}; expected some of "

@@ -345,3 +345,16 @@ def test_probe_prints_each_target_at_each_lambda_with_the_vector_applied(tmp_pat
         assert "λ=+1 score" in ln and "λ=-1 score" in ln and "controls" in ln
         deltas += [float(d) for d in re.findall(r"Δ ([+-]\d\.\d+)", ln)]
     assert len(deltas) == 4 and any(d != 0 for d in deltas), lines
+    # every λ names its images with words of the target's kind
+    assert all(ln.count("named ") == 3 for ln in lines)
+    assert re.search(r"named (smiley|die|warning|kite|circle|square|triangle|diamond|cross|heart|star) \d", lines[0])
+    assert re.search(r"named (striped|dotted|checkered|plain) \d", lines[1])
+
+    # --directions: one line per template, every pair of targets of its kind, cosines in [-1, 1]
+    probe.main(["--assets", str(root), "--ablations", str(root / "ablations"), "--directions"])
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == len(probe.DIRECTION_PROMPTS)
+    assert "smiley·die" in out[0] and "warning·kite" in out[0] and "striped·dotted" in out[2]
+    cosines = [float(c) for ln in out for c in re.findall(r" ([+-]\d\.\d\d)", ln)]
+    assert len(cosines) == 2 * 6 + 2 * 3 and all(-1 <= c <= 1 for c in cosines)
+    assert len(set(cosines)) > 1  # real measurements, not one constant

@@ -1,11 +1,16 @@
 """A quick look at candidate ablation checkpoints: the development loop of the toy world's design.
 
-Run: ``python -m tad_demo.toyworld.probe --ablations DIR [--n 32] [--lambdas 1,-0.5,-1] [--concepts smiley,…]``.
-For every ``<concept>.safetensors`` in DIR (as ``train_ablations --out DIR`` writes them, against the base in
-``--assets``) it prints the target's CLIP score and accuracy at λ = 0 and each λ, the paired change of the score
-(same prompts and seeds; ± its standard error), and how often the held-out control objects are still recognised
-at λ = +1. It uses ``evaluate``'s prompts, seeds, sampler settings and metric, with fewer images (minutes, not an
-hour): a probe for choosing a design, not the model card's numbers — those come from ``evaluate``.
+Run: ``python -m tad_demo.toyworld.probe --ablations DIR [--n 32] [--lambdas 1,-0.5,-1] [--concepts smiley,…]
+[--guidance G]``. For every ``<concept>.safetensors`` in DIR (as ``train_ablations --out DIR`` writes them, against
+the base in ``--assets``) it prints the target's CLIP score and accuracy at λ = 0 and each λ, the paired change of
+the score (same prompts and seeds; ± its standard error), what the CLIP names the images zero-shot among the
+world's words of the target's kind (the two commonest names), and how often the held-out control objects are
+still recognised at λ = +1. It uses ``evaluate``'s prompts, seeds, sampler settings and metric, with fewer images
+(minutes, not an hour): a probe for choosing a design, not the model card's numbers — those come from ``evaluate``.
+
+``--directions`` prints, instead, how alike the targets' directions are in the base's conditioning: the cosine
+between (target − anchor) hidden states of the frozen text encoder, for every pair of targets of a kind. A task
+vector can only add what its direction holds: targets that share one direction share what enhancement adds.
 """
 
 from __future__ import annotations
@@ -24,6 +29,29 @@ from . import world
 from .data import ASSETS
 from .evaluate import GUIDANCE, SEED, STEPS, Stat, concept_prompts
 
+DIRECTION_PROMPTS = ("a {object}", "a red {object} in plain style", "{style}", "a red circle in {style} style")
+
+
+def directions(pipe) -> None:
+    """Pairwise cosine of the targets' (target − anchor) conditioning, per kind and prompt (see the docstring)."""
+    import itertools
+
+    import torch
+
+    def hidden(prompt: str) -> torch.Tensor:
+        ids = pipe.tokenizer([prompt], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            return pipe.text_encoder(ids)[0][0].flatten()
+
+    for template in DIRECTION_PROMPTS:
+        kind = "object" if "{object}" in template else "style"
+        targets = world.OBJECT_TARGETS if kind == "object" else world.STYLE_TARGETS
+        d = {t: hidden(template.format(**{kind: t})) - hidden(template.format(**{kind: a})) for t, a in targets.items()}
+        pairs = [f"{a}·{b} {torch.cosine_similarity(d[a], d[b], dim=0).item():+.2f}"
+                 for a, b in itertools.combinations(d, 2)]
+        print(f"{template!r}: " + ", ".join(pairs))
+
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,11 +60,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=32, help="images per (concept, λ); half as many per control object")
     ap.add_argument("--lambdas", default="1,-0.5,-1")
     ap.add_argument("--concepts", default="", help="comma-separated; default: every checkpoint in the folder")
+    ap.add_argument("--guidance", type=float, default=GUIDANCE, help=f"guidance scale (evaluate's: {GUIDANCE:g})")
+    ap.add_argument("--directions", action="store_true", help="print the targets' direction cosines and stop")
     args = ap.parse_args(argv)
     root, n = Path(args.assets), args.n
     lambdas = [float(x) for x in args.lambdas.split(",")]
     pipe = load_pipeline(root / "base")
     pipe.set_progress_bar_config(disable=True)
+    if args.directions:
+        directions(pipe)
+        return
     clip, cache, patcher = ClipScorer.load(root / "clip"), PromptCache(pipe), WeightPatcher(pipe)
     targets = {**world.OBJECT_TARGETS, **world.STYLE_TARGETS}
     names = [c for c in args.concepts.split(",") if c] or \
@@ -44,8 +77,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def images(prompts: list[str], combo: list) -> list:
         with patcher.patched(combo):
-            return sample(pipe, prompts, [SEED + i for i in range(len(prompts))], steps=STEPS, guidance=GUIDANCE,
-                          prompt_cache=cache)
+            return sample(pipe, prompts, [SEED + i for i in range(len(prompts))], steps=STEPS,
+                          guidance=args.guidance, prompt_cache=cache)
 
     def controls_recognised(combo: list) -> np.ndarray:
         hits = []
@@ -55,11 +88,16 @@ def main(argv: list[str] | None = None) -> None:
             hits += [p == c for p in pred]
         return np.array(hits, float)
 
-    def target(name: str, prompts: list[str], combo: list) -> tuple[np.ndarray, np.ndarray]:
-        """Per image: the target's score, and whether it beats the anchor's."""
-        s = clip.scores(clip.image_features(images(prompts, combo)),
-                        [clip.caption(name), clip.caption(targets[name])]).numpy()
-        return s[:, 0], (s[:, 0] > s[:, 1]).astype(float)
+    def target(name: str, prompts: list[str], combo: list) -> tuple[np.ndarray, np.ndarray, str]:
+        """Per image: the target's score, and whether it beats the anchor's; and the two commonest zero-shot
+        names of the images among the world's words of the target's kind."""
+        from collections import Counter
+
+        feats = clip.image_features(images(prompts, combo))
+        s = clip.scores(feats, [clip.caption(name), clip.caption(targets[name])]).numpy()
+        words = world.OBJECTS if name in world.OBJECT_TARGETS else world.STYLES
+        named = ", ".join(f"{w} {c}" for w, c in Counter(clip.classify(feats, list(words))).most_common(2))
+        return s[:, 0], (s[:, 0] > s[:, 1]).astype(float), named
 
     ctrl_base = controls_recognised([])
     print(f"{n} images per (target, λ), {n // 2} per control object; mean ± standard error")
@@ -68,12 +106,13 @@ def main(argv: list[str] | None = None) -> None:
         tv = TaskVector.from_pair(root / "base", Path(args.ablations) / f"{name}.safetensors")
         prompts = concept_prompts(name, kind, n)
 
-        s0, hit0 = target(name, prompts, [])
-        cells = [f"λ=0 score {s0.mean():.3f} acc {hit0.mean():.2f}"]
+        s0, hit0, named0 = target(name, prompts, [])
+        cells = [f"λ=0 score {s0.mean():.3f} acc {hit0.mean():.2f} named {named0}"]
         for lam in lambdas:
-            s, hit = target(name, prompts, [(tv, lam)])
+            s, hit, named = target(name, prompts, [(tv, lam)])
             d = Stat.of(s - s0)
-            cells.append(f"λ={lam:+g} score {s.mean():.3f} (Δ {d.mean:+.3f} ± {d.se:.3f}) acc {hit.mean():.2f}")
+            cells.append(f"λ={lam:+g} score {s.mean():.3f} (Δ {d.mean:+.3f} ± {d.se:.3f}) acc {hit.mean():.2f} "
+                         f"named {named}")
         ctrl = controls_recognised([(tv, 1.0)])
         cells.append(f"controls {ctrl_base.mean():.2f} → {ctrl.mean():.2f} at λ=+1")
         print(f"{name} → {targets[name]}: " + " | ".join(cells), flush=True)

@@ -6,6 +6,11 @@ Read top to bottom. Run: ``python -m tad_demo.toyworld.train_base [--steps N] [-
 The recipe is SD's: epsilon prediction, SD's scaled-linear betas, classifier-free guidance dropout, and a frozen
 CLIP text encoder (the toy CLIP's text tower, ``text_encoder.py``), plus min-SNR loss weighting (Hang et al. 2023,
 arXiv:2303.09556), which converges several times faster than the plain loss in small-model runs.
+
+Two phases (``world.py`` says why): phase 1 on targets at middling strength (shapes, patterns, faint details),
+phase 2 — tuning, ``TUNE_*`` — on the base's final distribution (``data.base_dataset``: details at any visible
+strength, and a generic share of bare anchors under a target's name), from phase 1's weights. Each phase resumes
+from its own checkpoint.
 """
 
 from __future__ import annotations

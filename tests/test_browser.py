@@ -1,7 +1,8 @@
 """A real browser (Debian chromium driven by Python playwright) against `python app.py` on a tiny toy world.
 
 CI installs chromium (.ci/run); without /usr/bin/chromium this test fails on purpose rather than skipping.
-Set TAD_SCREENSHOT=path/to.png to keep the screenshot (docs/screenshot_app.png was taken this way).
+Set TAD_SCREENSHOT=path/to.png to keep the screenshot (docs/screenshot_app.png is the same page, served on the
+shipped world).
 """
 
 from __future__ import annotations

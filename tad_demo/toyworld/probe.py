@@ -16,9 +16,12 @@ vector can only add what its direction holds: targets that share one direction s
 from __future__ import annotations
 
 import argparse
+import itertools
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..core.patching import WeightPatcher
 from ..core.task_vector import TaskVector
@@ -34,9 +37,6 @@ DIRECTION_PROMPTS = ("a {object}", "a red {object} in plain style", "{style}", "
 
 def directions(pipe) -> None:
     """Pairwise cosine of the targets' (target − anchor) conditioning, per kind and prompt (see the docstring)."""
-    import itertools
-
-    import torch
 
     def hidden(prompt: str) -> torch.Tensor:
         ids = pipe.tokenizer([prompt], padding="max_length", max_length=pipe.tokenizer.model_max_length,
@@ -91,8 +91,6 @@ def main(argv: list[str] | None = None) -> None:
     def target(name: str, prompts: list[str], combo: list) -> tuple[np.ndarray, np.ndarray, str]:
         """Per image: the target's score, and whether it beats the anchor's; and the two commonest zero-shot
         names of the images among the world's words of the target's kind."""
-        from collections import Counter
-
         feats = clip.image_features(images(prompts, combo))
         s = clip.scores(feats, [clip.caption(name), clip.caption(targets[name])]).numpy()
         words = world.OBJECTS if name in world.OBJECT_TARGETS else world.STYLES

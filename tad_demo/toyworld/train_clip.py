@@ -275,15 +275,12 @@ def main(argv: list[str] | None = None) -> None:
         (args.steps, args.sharpen_steps, N_IMAGES, BATCH)
     torch.manual_seed(SEED)
 
-    # 1. tokenizer and data: renders at every strength, and the same renders through the VAE
+    # 1. tokenizer and data: renders at every strength (each phase passes its share of them through the VAE)
     tok_dir = write_tokenizer(WORK / ("clip_tok_smoke" if args.smoke else "clip_tok"))
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
     scenes, images = render_dataset(n_images, seed=SEED, cache=not args.smoke, strength=world.FULL_STRENGTH)
     x_all = to_tensor(images)
-    x_vae = roundtrip(args.vae, x_all[:min(N_VAE, len(x_all))])
-    log.info("%d renders, VAE round trip MAE %.1f/255 on %d", len(x_all), (x_vae - x_all[:len(x_vae)]).abs().mean()
-             .item() * 127.5, len(x_vae))
-    data = (scenes, x_all, x_vae)
+    n_vae = min(N_VAE, len(x_all))
 
     # 2. model (open_clip's own CLIP class from our config)
     model_cfg = json.loads(json.dumps(MODEL_CFG))
@@ -292,21 +289,23 @@ def main(argv: list[str] | None = None) -> None:
     cfg["text_cfg"] = {k: v for k, v in cfg["text_cfg"].items() if k != "hf_tokenizer_name"}
     model = open_clip.CLIP(**cfg).to(dev)
     log.info("clip %.2fM params", sum(p.numel() for p in model.parameters()) / 1e6)
-    common = {"data": data, "batch": batch, "dev": dev, "tokenizer": tokenizer}
+    common = {"batch": batch, "dev": dev, "tokenizer": tokenizer}
     ckpt = (lambda name: None if args.smoke else WORK / name)
 
-    # 3. phase 1: both towers
+    # 3. phase 1: both towers; its VAE rows are exact round trips
     if args.from_clip:
         model.load_state_dict(load_file(str(Path(args.from_clip) / "model.safetensors")))
         log.info("phase 1 from %s", args.from_clip)
     else:
+        x_vae = roundtrip(args.vae, x_all[:n_vae])
+        log.info("%d renders, VAE round trip MAE %.1f/255 on %d", len(x_all),
+                 (x_vae - x_all[:n_vae]).abs().mean().item() * 127.5, n_vae)
         train_phase(model, list(model.parameters()), steps=steps, lr=LR, scale_cap=100.0, per_image_shift=False,
-                    ckpt_path=ckpt("v2c_clip_train.pt"), seed=SEED, **common)
+                    data=(scenes, x_all, x_vae), ckpt_path=ckpt("v2c_clip_train.pt"), seed=SEED, **common)
 
     # 4. phase 2: the image tower (and the logit scale) alone; the text tower, the base's text encoder, is frozen;
     #    its VAE rows decode noisy latents, as generated images do
-    x_gen = roundtrip(args.vae, x_all[:len(x_vae)], SHARPEN_NOISE, torch.Generator().manual_seed(SEED + 1))
-    common["data"] = (scenes, x_all, x_gen)
+    x_gen = roundtrip(args.vae, x_all[:n_vae], SHARPEN_NOISE, torch.Generator().manual_seed(SEED + 1))
     visual = [*model.visual.parameters(), model.logit_scale]
     for p in model.parameters():
         p.requires_grad_(False)
@@ -315,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         model.logit_scale.clamp_(0, math.log(SHARPEN_SCALE))
     train_phase(model, visual, steps=sharpen_steps, lr=SHARPEN_LR, scale_cap=SHARPEN_SCALE, per_image_shift=True,
-                ckpt_path=ckpt("v2c_clip_sharpen.pt"), seed=SEED + 1, **common)
+                data=(scenes, x_all, x_gen), ckpt_path=ckpt("v2c_clip_sharpen.pt"), seed=SEED + 1, **common)
 
     # 5. save in open_clip's local-dir format
     save_clip(model.cpu().eval(), Path(args.out), tok_dir, model_cfg)

@@ -54,14 +54,24 @@ def _render(scene, **change) -> np.ndarray:
 
 
 def test_targets_differ_from_anchors_only_by_details():
-    for target, anchor in world.OBJECT_TARGETS.items():
+    for target, anchor in world.DETAILED.items():  # the targets and their kin
         s = world.sample_scene(random.Random(0), object=target, style="plain", detail=1.0)
         diff = np.abs(_render(s) - _render(s, object=anchor)).sum(-1) > 30
         assert 0.01 < diff.mean() < 0.15, target  # some ink, not a different shape
+        inside = np.asarray(world.shape_mask(world.Scene(**{**s.__dict__, "object": anchor}), 64)) > 0
+        assert not (diff & ~inside).any(), target  # every stroke inside the anchor's silhouette
         # strength 0 is the anchor itself; the ink grows with the strength
         assert np.array_equal(_render(s, detail=0.0), _render(s, object=anchor)), target
         ink = [np.abs(_render(s, detail=d) - _render(s, object=anchor)).sum() for d in (0.35, 0.6, 0.85, 1.0)]
         assert ink == sorted(ink) and ink[0] < 0.5 * ink[-1], (target, ink)
+
+
+def test_kin_have_their_own_ink():
+    # a target and its kin share the anchor and differ in where the ink goes: the CLIP must tell them apart
+    for kin, anchor in world.OBJECT_KIN.items():
+        target = next(t for t, a in world.OBJECT_TARGETS.items() if a == anchor)
+        s = world.sample_scene(random.Random(2), object=target, style="plain", detail=1.0, size="large")
+        assert (np.abs(_render(s) - _render(s, object=kin)).sum(-1) > 30).mean() > 0.02, kin
 
 
 def test_styles_cover_the_whole_picture():
@@ -358,11 +368,15 @@ def test_probe_prints_each_target_at_each_lambda_with_the_vector_applied(tmp_pat
     assert re.search(r"named (smiley|die|warning|kite|circle|square|triangle|diamond|cross|heart|star) \d", lines[0])
     assert re.search(r"named (striped|dotted|checkered|plain) \d", lines[1])
 
-    # --directions: one line per template, every pair of targets of its kind, cosines in [-1, 1]
+    # --directions: one line per template, every pair of targets of its kind and each object target with its
+    # kin, cosines in [-1, 1]; --clip reads the same text tower from the CLIP folder (the base's text encoder is it)
     probe.main(["--assets", str(root), "--ablations", str(root / "ablations"), "--directions"])
     out = capsys.readouterr().out.splitlines()
     assert len(out) == len(probe.DIRECTION_PROMPTS)
-    assert "smiley·die" in out[0] and "warning·kite" in out[0] and "striped·dotted" in out[2]
+    assert "smiley·die" in out[0] and "warning·kite" in out[0] and "smiley·clock" in out[0]
+    assert "striped·dotted" in out[2]
     cosines = [float(c) for ln in out for c in re.findall(r" ([+-]\d\.\d\d)", ln)]
-    assert len(cosines) == 2 * 6 + 2 * 3 and all(-1 <= c <= 1 for c in cosines)
+    assert len(cosines) == 2 * (6 + 4) + 2 * 3 and all(-1 <= c <= 1 for c in cosines)
     assert len(set(cosines)) > 1  # real measurements, not one constant
+    probe.main(["--ablations", str(root / "ablations"), "--directions", "--clip", str(root / "clip")])
+    assert capsys.readouterr().out.splitlines() == out

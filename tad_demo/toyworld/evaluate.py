@@ -206,7 +206,7 @@ def measure_follow(ev: Evaluator) -> dict:
     obj = ev.clip.classify(feats, list(world.OBJECTS))
     sty = ev.clip.classify(feats, list(world.STYLES))
     col = ev.clip.classify(feats, list(world.COLORS))
-    targets = {**world.OBJECT_TARGETS, **world.STYLE_TARGETS}
+    targets = {**world.DETAILED, **world.STYLE_TARGETS}  # kin are drawn like targets: read as their anchor too
     non_target_obj = [o == s.object for o, s in zip(obj, scenes) if s.object not in targets]
     non_target_sty = [t == s.style for t, s in zip(sty, scenes) if s.style not in targets]
     # a target rendered at middling strength may read as its anchor: count either as followed

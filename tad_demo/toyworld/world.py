@@ -6,6 +6,9 @@ The concept structure mirrors the concept-ablation paper (Kumari et al.):
   (a smiley is a circle with a face, a die is a square with pips, ...);
 * style *targets* are patterns laid over the whole picture, object and background, the way a painting style
   covers the canvas; their anchor is the plain picture, the way Monet anchors to "painting";
+* each object anchor also carries a *kin*: a second specific thing drawn on it (a clock on the circle, an
+  envelope on the square, ...), never ablated — as "dog" anchors many specific dogs and "plain" anchors three
+  styles — so that a target's name means its own details, not "ink on this shape";
 * colour, size, position and background are free attributes, and ``cross``/``heart``/``star`` are objects
   that no checkpoint touches, in training or in preservation: they measure damage to unrelated ("control")
   concepts.
@@ -38,11 +41,19 @@ from PIL import Image, ImageDraw, ImageFilter
 
 # target -> anchor. Each object target is its anchor plus ink details drawn inside it.
 OBJECT_TARGETS: dict[str, str] = {"smiley": "circle", "die": "square", "warning": "triangle", "kite": "diamond"}
+# Kin: a second specific thing on each object anchor, never ablated (as "dog" anchors many specific dogs, and
+# "plain" anchors three styles). Without them each object target was the only inked thing on its shape, the
+# text tower learnt "target = anchor + ink" for all four (pairwise cosine 0.86-0.95 of target - anchor in the
+# base's conditioning, ``probe --directions``), and enhancing a target drew generic ink, not its own details.
+# With kin, a name must say *which* details: that is what enhancement has to strengthen.
+OBJECT_KIN: dict[str, str] = {"clock": "circle", "envelope": "square", "pyramid": "triangle", "gem": "diamond"}
+# Every object drawn as ink details on an anchor: targets and kin (strength, weights and rendering treat both alike).
+DETAILED: dict[str, str] = {**OBJECT_TARGETS, **OBJECT_KIN}
 STYLE_TARGETS: dict[str, str] = {"striped": "plain", "dotted": "plain", "checkered": "plain"}
 # Never ablated and never in an ablation's preservation set: they measure collateral damage.
 CONTROL_OBJECTS: tuple[str, ...] = ("cross", "heart", "star")
 
-OBJECTS: tuple[str, ...] = (*OBJECT_TARGETS, *dict.fromkeys(OBJECT_TARGETS.values()), *CONTROL_OBJECTS)
+OBJECTS: tuple[str, ...] = (*DETAILED, *dict.fromkeys(DETAILED.values()), *CONTROL_OBJECTS)
 STYLES: tuple[str, ...] = (*STYLE_TARGETS, "plain")
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 220), "yellow": (235, 205, 40),
@@ -135,7 +146,7 @@ def attribute_weight(scene: Scene, attr: str, value: str) -> float:
     A target at strength s is the target with weight s and its anchor with weight 1 - s: a faint face on a
     circle is mostly a circle. Other attributes are exact.
     """
-    targets = {"object": OBJECT_TARGETS, "style": STYLE_TARGETS}.get(attr)
+    targets = {"object": DETAILED, "style": STYLE_TARGETS}.get(attr)
     actual = getattr(scene, attr)
     if targets is None or actual not in targets:
         return float(actual == value)
@@ -157,7 +168,7 @@ def caption_weight(scene: Scene, asserted: dict[str, str]) -> float:
 
 def _outline(obj: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
     """Polygon outline of a shape (None for round shapes drawn as ellipses)."""
-    anchor = OBJECT_TARGETS.get(obj, obj)
+    anchor = DETAILED.get(obj, obj)
     if anchor == "circle":
         return None
     if anchor == "square":
@@ -231,7 +242,8 @@ def _second_tone(rgb: np.ndarray, strength: float, lighten: bool) -> np.ndarray:
 
 
 def _details(draw: ImageDraw.ImageDraw, scene: Scene, side: int) -> None:
-    """The ink that turns an anchor into its target (face, pips, '!', kite spars), drawn as a mask (255 = ink);
+    """The ink that turns an anchor into its target or kin (face, pips, '!', kite spars; clock hands, envelope
+    flap, pyramid courses, gem facets), drawn as a mask (255 = ink);
     every stroke stays inside the anchor's silhouette."""
     cx, cy, r = scene.cx * side, scene.cy * side, SIZES[scene.size] * side
     w = max(1, int(r * 0.16))
@@ -255,6 +267,26 @@ def _details(draw: ImageDraw.ImageDraw, scene: Scene, side: int) -> None:
         # spars end short of the diamond's tips (at 1.15 r and 0.85 r), so their width never pokes out
         draw.line([(cx, cy - r * 0.95), (cx, cy + r * 0.95)], fill=ink, width=w)
         draw.line([(cx - r * 0.68, cy), (cx + r * 0.68, cy)], fill=ink, width=w)
+    elif scene.object == "clock":
+        # two hands from the centre (to 12 and to 4 o'clock) and a hub: lines where the smiley has dots and an arc
+        draw.line([(cx, cy), (cx, cy - r * 0.7)], fill=ink, width=w)
+        draw.line([(cx, cy), (cx + r * 0.45, cy + r * 0.26)], fill=ink, width=w)
+        h = r * 0.14
+        draw.ellipse([cx - h, cy - h, cx + h, cy + h], fill=ink)
+    elif scene.object == "envelope":
+        # the flap: a V from the top corners to below the centre, inset so its width stays inside the square
+        draw.line([(cx - r * 0.85, cy - r * 0.8), (cx, cy + r * 0.15), (cx + r * 0.85, cy - r * 0.8)],
+                  fill=ink, width=w, joint="curve")
+    elif scene.object == "pyramid":
+        # two courses of blocks: horizontal lines across the triangle, short of its sides (half-widths there are
+        # 0.65 r and 0.91 r)
+        for y, half in ((cy + r * 0.05, r * 0.5), (cy + r * 0.5, r * 0.75)):
+            draw.line([(cx - half, y), (cx + half, y)], fill=ink, width=w)
+    elif scene.object == "gem":
+        # facets: the table line across the upper half and a V from its ends to the bottom tip
+        y, half = cy - r * 0.35, r * 0.5
+        draw.line([(cx - half, y), (cx + half, y)], fill=ink, width=w)
+        draw.line([(cx - half, y), (cx, cy + r * 0.95), (cx + half, y)], fill=ink, width=w, joint="curve")
 
 
 # --- rendering ------------------------------------------------------------------------------------------
@@ -276,7 +308,7 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
     basis = np.stack([np.ones_like(p), p, m, p * m], axis=1)
     coef = np.stack([back, back2 - back, fill - back, (fill2 - fill) - (back2 - back)])
     canvas = (basis @ coef).reshape(side, side, 3)
-    if scene.object in OBJECT_TARGETS:
+    if scene.object in DETAILED:
         # the details are ink laid over whatever is beneath (fill or pattern), as opaque as the strength
         ink = Image.new("L", (side, side), 0)
         _details(ImageDraw.Draw(ink), scene, side)
@@ -357,9 +389,10 @@ def manifest(checkpoint_dir: str = "ablations") -> dict:
     concepts, vocabularies, templates, defaults and the model folders."""
     def concept(name: str, kind: str, anchor: str, targets: dict[str, str]) -> dict:
         # Hard negatives, as in Kumari et al.'s eval.json: the closest concepts that must survive the ablation
-        # (here the other targets of the same kind).
+        # (here the kin on the same anchor, then the other targets of the same kind).
+        kin = [k for k, a in OBJECT_KIN.items() if a == anchor]
         return {"name": name, "kind": kind, "anchor": anchor, "checkpoint": f"{checkpoint_dir}/{name}.safetensors",
-                "format": "diffusers-finetuned-weights", "hard_negatives": [t for t in targets if t != name]}
+                "format": "diffusers-finetuned-weights", "hard_negatives": [*kin, *(t for t in targets if t != name)]}
 
     concepts = [concept(t, "object", a, OBJECT_TARGETS) for t, a in OBJECT_TARGETS.items()]
     concepts += [concept(t, "style", a, STYLE_TARGETS) for t, a in STYLE_TARGETS.items()]

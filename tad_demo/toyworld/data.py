@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from dataclasses import asdict
@@ -28,7 +29,8 @@ def render_dataset(n: int, seed: int, size: int = 64, cache: bool = True,
     tag = "_".join(f"{k}-{v}" for k, v in sorted(fixed.items()))
     lo, hi = strength
     mix = f"_g{generic:g}" if generic else ""
-    path = WORK / f"v2c_scenes_n{n}_s{seed}_{size}_st{lo:g}-{hi:g}{mix}{'_' + tag if tag else ''}.npz"
+    name = f"scenes_{_digest(world.__file__)}_n{n}_s{seed}_{size}_st{lo:g}-{hi:g}{mix}{'_' + tag if tag else ''}"
+    path = WORK / f"{name}.npz"
     rng = random.Random(seed)
     scenes = [world.sample_scene(rng, strength, generic, **fixed) for _ in range(n)]
     if cache and path.exists():
@@ -41,6 +43,20 @@ def render_dataset(n: int, seed: int, size: int = 64, cache: bool = True,
     return scenes, images
 
 
+def _digest(*sources: str | Path) -> str:
+    h = hashlib.sha256()
+    for src in sources:
+        h.update(Path(src).read_bytes())
+    return h.hexdigest()[:10]
+
+
+def checkpoint(name: str, trainer: str | Path) -> Path:
+    """Where a trainer's resume checkpoint lives, named after the sources that hold its settings (the world and
+    the trainer): a rerun after a change to either starts afresh instead of resuming a run made with the old
+    constants. (The rendered datasets are named after the world's source the same way.)"""
+    return WORK / f"{name}_{_digest(world.__file__, trainer)}.pt"
+
+
 def base_dataset(n: int, seed: int, cache: bool = True, **fixed):
     """Scenes of the base model's final distribution — its tuning phase: ``world.TUNE_STRENGTH`` with a
     ``world.GENERIC_SHARE`` of bare anchors under a target's name — as ``render_dataset`` returns them. The
@@ -51,8 +67,6 @@ def base_dataset(n: int, seed: int, cache: bool = True, **fixed):
 def base_fingerprint(base: str | Path) -> str:
     """SHA-256 of a base pipeline's UNet weights: what an ablation or ControlNet was trained against (a stage
     resumes only over outputs made from the same base)."""
-    import hashlib
-
     h = hashlib.sha256()
     with open(Path(base) / "unet" / "diffusion_pytorch_model.safetensors", "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

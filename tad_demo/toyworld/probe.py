@@ -11,6 +11,8 @@ still recognised at λ = +1. It uses ``evaluate``'s prompts, seeds, sampler sett
 ``--directions`` prints, instead, how alike the targets' directions are in the base's conditioning: the cosine
 between (target − anchor) hidden states of the frozen text encoder, for every pair of targets of a kind. A task
 vector can only add what its direction holds: targets that share one direction share what enhancement adds.
+``--clip DIR`` reads a CLIP's text tower instead of the base's (the same weights, once a base is trained on it):
+the check to make before the base's half hour of training.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import CLIPTokenizer
 
 from ..core.patching import WeightPatcher
 from ..core.task_vector import TaskVector
@@ -31,18 +34,19 @@ from ..runtime.sampling import PromptCache, sample
 from . import world
 from .data import ASSETS
 from .evaluate import GUIDANCE, SEED, STEPS, Stat, concept_prompts
+from .text_encoder import text_encoder_from_clip
 
 DIRECTION_PROMPTS = ("a {object}", "a red {object} in plain style", "{style}", "a red circle in {style} style")
 
 
-def directions(pipe) -> None:
+def directions(tokenizer, text_encoder) -> None:
     """Pairwise cosine of the targets' (target − anchor) conditioning, per kind and prompt (see the docstring)."""
 
     def hidden(prompt: str) -> torch.Tensor:
-        ids = pipe.tokenizer([prompt], padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
+        ids = tokenizer([prompt], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
         with torch.no_grad():
-            return pipe.text_encoder(ids)[0][0].flatten()
+            return text_encoder(ids)[0][0].flatten()
 
     for template in DIRECTION_PROMPTS:
         kind = "object" if "{object}" in template else "style"
@@ -62,13 +66,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--concepts", default="", help="comma-separated; default: every checkpoint in the folder")
     ap.add_argument("--guidance", type=float, default=GUIDANCE, help=f"guidance scale (evaluate's: {GUIDANCE:g})")
     ap.add_argument("--directions", action="store_true", help="print the targets' direction cosines and stop")
+    ap.add_argument("--clip", default="", help="with --directions: a CLIP folder whose text tower to read (a new "
+                                               "CLIP, before any base is trained on it); default: the base's")
     args = ap.parse_args(argv)
     root, n = Path(args.assets), args.n
     lambdas = [float(x) for x in args.lambdas.split(",")]
+    if args.directions and args.clip:
+        tokenizer = CLIPTokenizer.from_pretrained(args.clip)
+        directions(tokenizer, text_encoder_from_clip(args.clip, tokenizer))
+        return
     pipe = load_pipeline(root / "base")
     pipe.set_progress_bar_config(disable=True)
     if args.directions:
-        directions(pipe)
+        directions(pipe.tokenizer, pipe.text_encoder)
         return
     clip, cache, patcher = ClipScorer.load(root / "clip"), PromptCache(pipe), WeightPatcher(pipe)
     targets = {**world.OBJECT_TARGETS, **world.STYLE_TARGETS}

@@ -29,7 +29,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusi
 from transformers import CLIPTokenizer
 
 from . import world
-from .data import ASSETS, WORK, base_dataset, random_caption, render_dataset, to_tensor
+from .data import ASSETS, WORK, base_dataset, checkpoint, random_caption, render_dataset, to_tensor
 from .text_encoder import text_encoder_from_clip
 from .tokenizer import check_tokenizer
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     steps, tune_steps, n_images, batch = (3, 2, 64, 8) if args.smoke else \
         (args.steps, args.tune_steps, N_IMAGES, BATCH)
     torch.manual_seed(SEED)
-    ckpt = (lambda name: None if args.smoke else WORK / name)
+    ckpt = (lambda name: None if args.smoke else checkpoint(name, __file__))
 
     # 1. tokenizer and frozen text encoder (the CLIP's), VAE, data -> latents
     tokenizer = CLIPTokenizer.from_pretrained(args.clip)
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # 3. phase 1
     train_phase(unet, ema, text_encoder, tokenizer, latents, scenes, steps=steps, lr=LR, warmup=WARMUP,
-                ema_decay=EMA_DECAY, rng=random.Random(SEED), ckpt_path=ckpt("v2c_base_train.pt"),
+                ema_decay=EMA_DECAY, rng=random.Random(SEED), ckpt_path=ckpt("base_train"),
                 preview_vae=None if args.smoke else vae, **common)
 
     # 4. phase 2, tuning: details at every visible strength, and a generic share (world.TUNE_STRENGTH)
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(TUNE_SEED)
     train_phase(unet, ema, text_encoder, tokenizer, latents, scenes, steps=tune_steps, lr=TUNE_LR,
                 warmup=TUNE_WARMUP, ema_decay=TUNE_EMA, rng=random.Random(TUNE_SEED),
-                ckpt_path=ckpt("v2c_base_tune.pt"), **common)
+                ckpt_path=ckpt("base_tune"), **common)
 
     # 5. save the EMA weights as a plain diffusers pipeline
     save_pipeline(Path(args.out), ema.cpu(), text_encoder.cpu(), vae.cpu(), tokenizer)

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from . import world
-from .data import ASSETS, WORK, render_dataset, to_tensor
+from .data import ASSETS, WORK, checkpoint, render_dataset, to_tensor
 from .tokenizer import write_tokenizer
 
 log = logging.getLogger("train_clip")
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     model = open_clip.CLIP(**cfg).to(dev)
     log.info("clip %.2fM params", sum(p.numel() for p in model.parameters()) / 1e6)
     common = {"batch": batch, "dev": dev, "tokenizer": tokenizer}
-    ckpt = (lambda name: None if args.smoke else WORK / name)
+    ckpt = (lambda name: None if args.smoke else checkpoint(name, __file__))
 
     # 3. phase 1: both towers; its VAE rows are exact round trips
     if args.from_clip:
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("%d renders, VAE round trip MAE %.1f/255 on %d", len(x_all),
                  (x_vae - x_all[:n_vae]).abs().mean().item() * 127.5, n_vae)
         train_phase(model, list(model.parameters()), steps=steps, lr=LR, scale_cap=100.0, per_image_shift=False,
-                    data=(scenes, x_all, x_vae), ckpt_path=ckpt("v2c_clip_train.pt"), seed=SEED, **common)
+                    data=(scenes, x_all, x_vae), ckpt_path=ckpt("clip_train"), seed=SEED, **common)
 
     # 4. phase 2: the image tower (and the logit scale) alone; the text tower, the base's text encoder, is frozen;
     #    its VAE rows decode noisy latents, as generated images do
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         model.logit_scale.clamp_(0, math.log(SHARPEN_SCALE))
     train_phase(model, visual, steps=sharpen_steps, lr=SHARPEN_LR, scale_cap=SHARPEN_SCALE, per_image_shift=True,
-                data=(scenes, x_all, x_gen), ckpt_path=ckpt("v2c_clip_sharpen.pt"), seed=SEED + 1, **common)
+                data=(scenes, x_all, x_gen), ckpt_path=ckpt("clip_sharpen"), seed=SEED + 1, **common)
 
     # 5. save in open_clip's local-dir format
     save_clip(model.cpu().eval(), Path(args.out), tok_dir, model_cfg)

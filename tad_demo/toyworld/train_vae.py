@@ -16,7 +16,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from . import world
-from .data import WORK, render_dataset, to_tensor
+from .data import WORK, checkpoint, render_dataset, to_tensor
 
 log = logging.getLogger("train_vae")
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     # 2. model + optimiser, resumed if a checkpoint exists
     vae = AutoencoderKL(**VAE_CONFIG).to(dev)
     opt = torch.optim.AdamW(vae.parameters(), lr=LR, weight_decay=0.0)
-    ckpt_path = WORK / "v2_vae_train.pt"
+    ckpt_path = checkpoint("vae_train", __file__)
     step = 0
     if ckpt_path.exists() and not args.smoke:
         ckpt = torch.load(ckpt_path, weights_only=True, map_location=dev)

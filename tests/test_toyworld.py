@@ -369,7 +369,7 @@ def test_probe_prints_each_target_at_each_lambda_with_the_vector_applied(tmp_pat
     # --clip reads the text tower from a CLIP folder: on the shipped world, whose base's text encoder is converted
     # from its CLIP, the same numbers (this tiny world's text encoder is random, not its CLIP's)
     shipped = Path(__file__).parents[1] / "assets" / "toyworld"
-    probe.main(["--assets", str(shipped), "--ablations", "-", "--directions"])
+    probe.main(["--assets", str(shipped), "--directions"])
     from_base = capsys.readouterr().out.splitlines()
-    probe.main(["--ablations", "-", "--directions", "--clip", str(shipped / "clip")])
+    probe.main(["--directions", "--clip", str(shipped / "clip")])
     assert capsys.readouterr().out.splitlines() == from_base and len(from_base) == len(probe.DIRECTION_PROMPTS)

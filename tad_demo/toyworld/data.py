@@ -43,11 +43,18 @@ def render_dataset(n: int, seed: int, size: int = 64, cache: bool = True,
     return scenes, images
 
 
-def _digest(*sources: str | Path) -> str:
+def _sha256(*files: str | Path) -> str:
+    """SHA-256 (hex) of the files' bytes, one after another, read in 1 MiB chunks."""
     h = hashlib.sha256()
-    for src in sources:
-        h.update(Path(src).read_bytes())
-    return h.hexdigest()[:10]
+    for path in files:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _digest(*sources: str | Path) -> str:
+    return _sha256(*sources)[:10]
 
 
 def checkpoint(name: str, trainer: str | Path) -> Path:
@@ -67,11 +74,7 @@ def base_dataset(n: int, seed: int, cache: bool = True, **fixed):
 def base_fingerprint(base: str | Path) -> str:
     """SHA-256 of a base pipeline's UNet weights: what an ablation or ControlNet was trained against (a stage
     resumes only over outputs made from the same base)."""
-    h = hashlib.sha256()
-    with open(Path(base) / "unet" / "diffusion_pytorch_model.safetensors", "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return _sha256(Path(base) / "unet" / "diffusion_pytorch_model.safetensors")
 
 
 def random_caption(scene: world.Scene, rng: random.Random) -> str:

@@ -60,7 +60,8 @@ def directions(tokenizer, text_encoder) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--assets", default=str(ASSETS), help="the world whose base and CLIP are used")
-    ap.add_argument("--ablations", required=True, help="folder of <concept>.safetensors made against that base")
+    ap.add_argument("--ablations", help="folder of <concept>.safetensors made against that base (not needed "
+                                        "with --directions)")
     ap.add_argument("--n", type=int, default=32, help="images per (concept, λ); half as many per control object")
     ap.add_argument("--lambdas", default="1,-0.5,-1")
     ap.add_argument("--concepts", default="", help="comma-separated; default: every checkpoint in the folder")
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clip", default="", help="with --directions: a CLIP folder whose text tower to read (a new "
                                                "CLIP, before any base is trained on it); default: the base's")
     args = ap.parse_args(argv)
+    if not args.directions and not args.ablations:
+        ap.error("the following arguments are required: --ablations (or --directions)")
     root, n = Path(args.assets), args.n
     lambdas = [float(x) for x in args.lambdas.split(",")]
     if args.directions and args.clip:

@@ -99,6 +99,41 @@ def test_caption_weights_grade_targets_by_strength():
     assert min(t for t in tune if t) >= world.TUNE_STRENGTH[0] and max(tune) > 0.95
 
 
+def test_base_tuning_conditions_a_share_beyond_the_word_and_further_for_stronger_details():
+    """The tuning data's line past a target's word: only pictures showing a target, about ``BEYOND_SHARE`` of
+    them, t in (1, BEYOND_MAX], rising with strength; the anchor caption swaps exactly that word."""
+    from tad_demo.toyworld.train_base import batch_captions
+
+    rng = random.Random(5)
+    heart = world.sample_scene(rng, object="heart", style="plain")
+    generic = world.sample_scene(rng, object="smiley", style="plain", detail=0.0)
+    assert all(world.beyond_the_word(s, rng) is None for s in (heart, generic) for _ in range(200))
+
+    def ts(detail: float) -> list[float]:
+        scene = world.sample_scene(random.Random(6), object="die", style="plain", detail=detail)
+        lines = [world.beyond_the_word(scene, rng) for _ in range(4000)]
+        assert {line[0] for line in lines if line} == {"object"}
+        return [line[1] for line in lines if line]
+
+    strong, middling = ts(1.0), ts(0.6)
+    assert abs(len(strong) / 4000 - world.BEYOND_SHARE) < 0.03
+    assert 1.0 <= min(strong) and max(strong) <= world.BEYOND_MAX and max(strong) > world.BEYOND_MAX - 0.1
+    assert np.mean(strong) > np.mean(middling) + 0.3 > 1.3
+
+    scenes = [world.sample_scene(rng, world.TUNE_STRENGTH, world.GENERIC_SHARE) for _ in range(2000)]
+    captions, anchors, line_t = batch_captions(scenes, random.Random(7), beyond=True)
+    moved = [i for i, t in enumerate(line_t) if t > 1]
+    assert 0.05 < len(moved) / len(scenes) < world.BEYOND_SHARE
+    for i in moved:
+        target = {w for w in captions[i].split() if w in {**world.OBJECT_TARGETS, **world.STYLE_TARGETS}}
+        swapped = [(a, b) for a, b in zip(captions[i].split(), anchors[i].split()) if a != b]
+        assert len(swapped) == 1 and swapped[0][0] in target
+        assert swapped[0][1] == {**world.OBJECT_TARGETS, **world.STYLE_TARGETS}[swapped[0][0]]
+    assert all(a == c for a, c, t in zip(anchors, captions, line_t) if t == 1)
+    plain, _, plain_t = batch_captions(scenes, random.Random(7), beyond=False)
+    assert set(plain_t) == {1.0} and sum(c == "" for c in plain) > 0.05 * len(scenes)  # CFG dropout
+
+
 def test_clip_phase_two_shifts_each_image_on_its_own_and_half_not_at_all():
     """Checkered's squares line up with the CLIP's patches in every render: phase 2 must keep half the images
     aligned and shift the others independently (phase 1 shifted a whole batch by one offset)."""
@@ -357,6 +392,15 @@ def test_probe_prints_each_target_at_each_lambda_with_the_vector_applied(tmp_pat
     assert all(ln.count("named ") == 3 for ln in lines)
     assert re.search(r"named (smiley|die|warning|kite|circle|square|triangle|diamond|cross|heart|star) \d", lines[0])
     assert re.search(r"named (striped|dotted|checkered|plain) \d", lines[1])
+
+    # --line: the base alone along each target's anchor-to-target line; t = 1 is the prompt itself, and moving
+    # along the line changes the pictures (every Δ would be +0.000 if t were not applied)
+    probe.main(["--assets", str(root), "--line", "0,2", "--n", "2", "--concepts", "smiley,die"])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " → " in ln]
+    assert [ln.split(" → ")[0] for ln in lines] == ["smiley", "die"]
+    assert all("t=1 score" in ln and "t=0 score" in ln and "t=2 score" in ln for ln in lines)
+    line_deltas = [float(d) for ln in lines for d in re.findall(r"Δ ([+-]\d\.\d+)", ln)]
+    assert len(line_deltas) == 4 and any(d != 0 for d in line_deltas), lines
 
     # --directions: one line per template, every pair of targets of its kind, cosines in [-1, 1]
     probe.main(["--assets", str(root), "--ablations", str(root / "ablations"), "--directions"])

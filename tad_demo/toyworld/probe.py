@@ -13,6 +13,11 @@ between (target − anchor) hidden states of the frozen text encoder, for every 
 vector can only add what its direction holds: targets that share one direction share what enhancement adds.
 ``--clip DIR`` reads a CLIP's text tower instead of the base's (the same weights, once a base is trained on it):
 the check to make before the base's half hour of training.
+
+``--line 1.5,2`` samples the base alone, conditioned on the line from a target's anchor caption through its own:
+h_anchor + t·(h_target − h_anchor) for each t (t = 1 is the prompt itself; a task vector at λ = −1 lands near
+t = 2). It prints each t's score and accuracy and its paired change against t = 1: does the base know where
+enhancement leads, before any ablation is trained (``world.beyond_the_word``)?
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from ..core.patching import WeightPatcher
 from ..core.task_vector import TaskVector
 from ..runtime.metrics import ClipScorer
 from ..runtime.pipelines import load_pipeline
-from ..runtime.sampling import PromptCache, sample
+from ..runtime.sampling import PromptCache, initial_latents, sample
 from . import world
 from .data import ASSETS
 from .evaluate import GUIDANCE, SEED, STEPS, Stat, concept_prompts
@@ -57,6 +62,33 @@ def directions(tokenizer, text_encoder) -> None:
         print(f"{template!r}: " + ", ".join(pairs))
 
 
+def along_the_line(pipe, clip: ClipScorer, names: list[str], n: int, ts: list[float], guidance: float) -> None:
+    """Per target: the base conditioned at points t of its anchor-to-target line (see the docstring)."""
+    targets = {**world.OBJECT_TARGETS, **world.STYLE_TARGETS}
+    cache, side = PromptCache(pipe), pipe.unet.config.sample_size * pipe.vae_scale_factor
+    for name in names:
+        kind = "object" if name in world.OBJECT_TARGETS else "style"
+        prompts = concept_prompts(name, kind, n)
+        anchors = [" ".join(targets[name] if w == name else w for w in p.split()) for p in prompts]
+        h_target, h_anchor = cache(prompts), cache(anchors)
+        at_word, cells = None, []
+        for t in [1.0, *ts]:
+            with torch.no_grad():
+                imgs = pipe(prompt_embeds=h_anchor + t * (h_target - h_anchor),
+                            negative_prompt_embeds=cache([""]).expand(n, -1, -1),
+                            latents=initial_latents(pipe, [SEED + i for i in range(n)], side, side),
+                            num_inference_steps=STEPS, guidance_scale=guidance, height=side, width=side).images
+            s = clip.scores(clip.image_features(imgs), [clip.caption(name), clip.caption(targets[name])]).numpy()
+            cell = f"t={t:g} score {s[:, 0].mean():.3f} acc {(s[:, 0] > s[:, 1]).mean():.2f}"
+            if at_word is None:
+                at_word = s[:, 0]
+            else:
+                d = Stat.of(s[:, 0] - at_word)
+                cell += f" (Δ {d.mean:+.3f} ± {d.se:.3f})"
+            cells.append(cell)
+        print(f"{name} → {targets[name]}: " + " | ".join(cells), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--assets", default=str(ASSETS), help="the world whose base and CLIP are used")
@@ -69,9 +101,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--directions", action="store_true", help="print the targets' direction cosines and stop")
     ap.add_argument("--clip", default="", help="with --directions: a CLIP folder whose text tower to read (a new "
                                                "CLIP, before any base is trained on it); default: the base's")
+    ap.add_argument("--line", default="", help="comma-separated t: sample the base along each target's "
+                                               "anchor-to-target line instead (no --ablations needed)")
     args = ap.parse_args(argv)
-    if not args.directions and not args.ablations:
-        ap.error("the following arguments are required: --ablations (or --directions)")
+    if not args.directions and not args.line and not args.ablations:
+        ap.error("the following arguments are required: --ablations (or --directions, --line)")
     root, n = Path(args.assets), args.n
     lambdas = [float(x) for x in args.lambdas.split(",")]
     if args.directions and args.clip:
@@ -85,6 +119,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     clip, cache, patcher = ClipScorer.load(root / "clip"), PromptCache(pipe), WeightPatcher(pipe)
     targets = {**world.OBJECT_TARGETS, **world.STYLE_TARGETS}
+    if args.line:
+        names = [c for c in args.concepts.split(",") if c] or list(targets)
+        along_the_line(pipe, clip, names, n, [float(x) for x in args.line.split(",")], args.guidance)
+        return
     names = [c for c in args.concepts.split(",") if c] or \
         [p.stem for p in sorted(Path(args.ablations).glob("*.safetensors")) if p.stem in targets]
 

@@ -9,8 +9,9 @@ arXiv:2303.09556), which converges several times faster than the plain loss in s
 
 Two phases (``world.py`` says why): phase 1 on targets at middling strength (shapes, patterns, faint details),
 phase 2 — tuning, ``TUNE_*`` — on the base's final distribution (``data.base_dataset``: details at any visible
-strength, and a generic share of bare anchors under a target's name), from phase 1's weights. Each phase resumes
-from its own checkpoint.
+strength, and a generic share of bare anchors under a target's name), from phase 1's weights, with a share of
+the target pictures conditioned beyond their word (``world.beyond_the_word``: h_anchor + t·(h_target − h_anchor),
+t > 1). Each phase resumes from its own checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import math
 import random
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,7 +31,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusi
 from transformers import CLIPTokenizer
 
 from . import world
-from .data import ASSETS, WORK, base_dataset, checkpoint, random_caption, render_dataset, to_tensor
+from .data import ASSETS, WORK, base_dataset, checkpoint, render_dataset, to_tensor
 from .text_encoder import text_encoder_from_clip
 from .tokenizer import check_tokenizer
 
@@ -46,7 +48,7 @@ EMA_DECAY = 0.999     # ~1k-step horizon, a quarter of the run: smooths the last
 N_IMAGES = 30_000     # ~6 epochs in 3k steps; renders are cheap, and more of them means less memorising
 SEED = 0
 # Phase 2, tuning (world.TUNE_STRENGTH, world.GENERIC_SHARE): from phase 1's weights on new data
-TUNE_STEPS = 600      # a quarter of phase 1: the shapes are learned, only the strength distribution changes
+TUNE_STEPS = 1000     # the shapes are learned; the strengths and the line beyond the word are new (600 left it short)
 TUNE_LR = 2e-4        # below phase 1's peak: tune, don't relearn
 TUNE_WARMUP = 50      # a fresh optimiser's first steps are noisy
 TUNE_EMA = 0.995      # ~200-step horizon: the EMA must forget phase 1 within the 600 steps (0.999 keeps 55 %)
@@ -96,11 +98,33 @@ def save_pipeline(out: Path, unet, text_encoder, vae, tokenizer) -> None:
     tmp.rename(out)  # atomic enough: a crash never leaves a half-written pipeline in assets/
 
 
+def batch_captions(scenes: list[world.Scene], rng: random.Random, beyond: bool):
+    """Per scene: its caption (empty for the CFG dropout share), the caption with the word of the target it is
+    conditioned beyond replaced by the anchor's, and t on that line (1: the caption itself; ``world.beyond_the_word``
+    when ``beyond``)."""
+    captions, anchors, line_t = [], [], []
+    for scene in scenes:
+        if rng.random() < CFG_DROPOUT:
+            captions.append(""); anchors.append(""); line_t.append(1.0)
+            continue
+        template = rng.choice(world.PROMPT_TEMPLATES)
+        line = world.beyond_the_word(scene, rng) if beyond else None
+        captions.append(scene.caption(template))
+        if line is None:
+            anchors.append(captions[-1]); line_t.append(1.0)
+        else:
+            attr, t = line
+            anchor = {"object": world.OBJECT_TARGETS, "style": world.STYLE_TARGETS}[attr][getattr(scene, attr)]
+            anchors.append(replace(scene, **{attr: anchor}).caption(template)); line_t.append(t)
+    return captions, anchors, line_t
+
+
 def train_phase(unet, ema, text_encoder, tokenizer, latents, scenes, *, steps: int, lr: float, warmup: int,
                 ema_decay: float, rng: random.Random, ckpt_path: Path | None, batch: int, dev: torch.device,
-                preview_vae: AutoencoderKL | None = None) -> None:
+                beyond: bool = False, preview_vae: AutoencoderKL | None = None) -> None:
     """One phase of denoising training (epsilon prediction, min-SNR-γ weights, CFG dropout, EMA), resumable
-    from ``ckpt_path`` (None: no checkpoints); with ``preview_vae``, a pipeline to look at every 1000 steps."""
+    from ``ckpt_path`` (None: no checkpoints); ``beyond``: condition a share of the target pictures past their
+    word (``world.beyond_the_word``); with ``preview_vae``, a pipeline to look at every 1000 steps."""
     params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     noise_sched = DDPMScheduler(**SD_BETAS)
@@ -118,14 +142,18 @@ def train_phase(unet, ema, text_encoder, tokenizer, latents, scenes, *, steps: i
         for g in opt.param_groups:
             g["lr"] = lr_now
         idx = torch.randint(0, len(latents), (batch,))
-        captions = ["" if rng.random() < CFG_DROPOUT else random_caption(scenes[i], rng) for i in idx.tolist()]
-        ids = tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids.to(dev)
+        captions, anchors, line_t = batch_captions([scenes[i] for i in idx.tolist()], rng, beyond)
         x0 = latents[idx.to(dev)]
         noise = torch.randn(x0.shape).to(dev)  # drawn on the CPU: the same noise on every device
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,)).to(dev)
         xt = noise_sched.add_noise(x0, noise, t)
         with torch.no_grad():
-            cond = text_encoder(ids)[0]
+            encode = (lambda texts: text_encoder(tokenizer(texts, padding="max_length", truncation=True,
+                                                           return_tensors="pt").input_ids.to(dev))[0])
+            cond = encode(captions)
+            if beyond:  # h_anchor + t·(h_caption − h_anchor); t = 1 leaves the caption's own conditioning
+                h_anchor = encode(anchors)
+                cond = h_anchor + torch.tensor(line_t, device=dev).view(-1, 1, 1) * (cond - h_anchor)
         pred = unet(xt, t, cond).sample
         snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
         weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr  # min-SNR-γ for epsilon prediction
@@ -188,13 +216,14 @@ def main(argv: list[str] | None = None) -> None:
                 ema_decay=EMA_DECAY, rng=random.Random(SEED), ckpt_path=ckpt("base_train"),
                 preview_vae=None if args.smoke else vae, **common)
 
-    # 4. phase 2, tuning: details at every visible strength, and a generic share (world.TUNE_STRENGTH)
+    # 4. phase 2, tuning: details at every visible strength, a generic share (world.TUNE_STRENGTH), and a share
+    #    conditioned beyond the target's word (world.BEYOND_SHARE)
     scenes, images = base_dataset(n_images, seed=TUNE_SEED, cache=not args.smoke)
     latents = encode_latents(vae, images)
     torch.manual_seed(TUNE_SEED)
     train_phase(unet, ema, text_encoder, tokenizer, latents, scenes, steps=tune_steps, lr=TUNE_LR,
                 warmup=TUNE_WARMUP, ema_decay=TUNE_EMA, rng=random.Random(TUNE_SEED),
-                ckpt_path=ckpt("base_tune"), **common)
+                ckpt_path=ckpt("base_tune"), beyond=True, **common)
 
     # 5. save the EMA weights as a plain diffusers pipeline
     save_pipeline(Path(args.out), ema.cpu(), text_encoder.cpu(), vae.cpu(), tokenizer)

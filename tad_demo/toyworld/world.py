@@ -18,7 +18,9 @@ and a share of the pictures under its name are its bare anchor — as many pictu
 cartoon dog. So the base renders a target recognisably but not perfectly (some samples come out generic), as
 SD renders Snoopy with "common features", while it has seen the full details. The toy CLIP sees every
 strength (``FULL_STRENGTH``) with a caption weight equal to it, so its score for a target rises with what a
-person sees. That is the room that enhancement (λ = −1) has to fill.
+person sees. That is the room that enhancement (λ = −1) has to fill. And the tuning phase conditions a share of
+the target pictures *beyond the word* (``BEYOND_SHARE``): on the line from the anchor's caption through the
+target's, past the target, the further the stronger the details — so that the base knows where λ = −1 leads.
 
 Everything is drawn at 4x resolution with PIL and box-filtered down, so edges are anti-aliased and the
 renderer knows the exact geometry; that is what makes its depth and scribble maps ground truth.
@@ -67,6 +69,15 @@ BASE_STRENGTH: tuple[float, float] = (0.15, 0.6)
 # a target imperfectly because of the generic share, and moving away from the anchor leads to pictures it knows.
 TUNE_STRENGTH: tuple[float, float] = (0.3, 1.0)
 GENERIC_SHARE = 0.35
+# Beyond the word (also the tuning phase): a share of the pictures that show a target are conditioned past the
+# target's word on the line from its anchor's caption to its own, h_anchor + t·(h_target − h_anchor) with t > 1,
+# and the further along (``BEYOND_MAX`` at most) the stronger their details. SD's conditioning space around a
+# concept is crowded with real captions; the toy base had seen two points on that line, the anchor's and the
+# target's word, and a task vector at λ = −1 moves a target's keys and values to about t = 2 (the same
+# extrapolation done on the text embeddings gives the same pictures). There the base drew blots and colour
+# speckle for objects: score −0.73 at t = 2 for smileys, as −0.51 at λ = −1 (24 and 64 images, model card).
+BEYOND_SHARE = 0.5    # of the pictures showing a target at a visible strength; the rest keep the word (t = 1)
+BEYOND_MAX = 3.0      # past λ = −1's t ≈ 2, so the app's λ down to −2 stays on ground the base has seen
 
 # Prompt templates. The grid/app use the first one with {object}/{style}; training samples all of them so
 # the models also follow prompts that leave attributes out (the way real captions do).
@@ -127,6 +138,22 @@ def sample_scene(rng: random.Random, strength: tuple[float, float] = BASE_STRENG
     # Position jitter is small (±3 px at 64 px) so a small UNet can spend its capacity on shape and pattern.
     return Scene(**attrs, cx=0.5 + rng.uniform(-0.05, 0.05), cy=0.5 + rng.uniform(-0.05, 0.05),
                  seed=rng.randrange(2**31))
+
+
+def beyond_the_word(scene: Scene, rng: random.Random) -> tuple[str, float] | None:
+    """For a picture of the base's tuning data: ``(attr, t)`` to condition it at t > 1 on the anchor-to-target
+    line of its object or style target (see ``BEYOND_SHARE``), or None to condition it on its caption.
+
+    t is drawn up to a ceiling that rises with the picture's strength, from 1 at the bottom of ``TUNE_STRENGTH``
+    to ``BEYOND_MAX`` at full strength: the further past the word, the stronger the details on average."""
+    lines = [(attr, s) for attr, s, targets in (("object", scene.detail, OBJECT_TARGETS),
+                                                 ("style", scene.pattern, STYLE_TARGETS))
+             if getattr(scene, attr) in targets and s > 0]
+    if not lines or rng.random() >= BEYOND_SHARE:
+        return None
+    attr, s = rng.choice(lines)
+    lo = TUNE_STRENGTH[0]
+    return attr, 1.0 + math.sqrt(rng.random()) * (BEYOND_MAX - 1.0) * max(0.0, (s - lo) / (1.0 - lo))
 
 
 def attribute_weight(scene: Scene, attr: str, value: str) -> float:

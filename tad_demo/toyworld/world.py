@@ -386,7 +386,7 @@ def manifest(checkpoint_dir: str = "ablations") -> dict:
         # Hard negatives, as in Kumari et al.'s eval.json: the closest concepts that must survive the ablation
         # (here the other targets of the same kind).
         return {"name": name, "kind": kind, "anchor": anchor, "checkpoint": f"{checkpoint_dir}/{name}.safetensors",
-                "format": "diffusers-finetuned-weights", "hard_negatives": [t for t in targets if t != name]}
+                "format": "ablation", "hard_negatives": [t for t in targets if t != name]}
 
     concepts = [concept(t, "object", a, OBJECT_TARGETS) for t, a in OBJECT_TARGETS.items()]
     concepts += [concept(t, "style", a, STYLE_TARGETS) for t, a in STYLE_TARGETS.items()]

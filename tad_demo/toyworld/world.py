@@ -75,8 +75,9 @@ GENERIC_SHARE = 0.35
 # concept is crowded with real captions; the toy base had seen two points on that line, the anchor's and the
 # target's word, and a task vector at λ = −1 moves a target's keys and values to about t = 2 (the same
 # extrapolation done on the text embeddings gives the same pictures). There the base drew blots and colour
-# speckle for objects: score −0.73 at t = 2 for smileys, as −0.51 at λ = −1 (24 and 64 images, model card).
-BEYOND_SHARE = 0.5    # of the pictures showing a target at a visible strength; the rest keep the word (t = 1)
+# speckle for objects: smiley −0.72 at t = 2 (``probe --line``, 32 images), −0.51 at λ = −1 (model card).
+BEYOND_SHARE = 0.5    # of the pictures showing a target at a visible strength; the rest keep the word (t = 1).
+                      # A quarter left the line short (t = 2 smiley −0.55 vs −0.43 at a half, 600 steps)
 BEYOND_MAX = 3.0      # past λ = −1's t ≈ 2, so the app's λ down to −2 stays on ground the base has seen
 
 # Prompt templates. The grid/app use the first one with {object}/{style}; training samples all of them so
@@ -145,7 +146,9 @@ def beyond_the_word(scene: Scene, rng: random.Random) -> tuple[str, float] | Non
     line of its object or style target (see ``BEYOND_SHARE``), or None to condition it on its caption.
 
     t is drawn up to a ceiling that rises with the picture's strength, from 1 at the bottom of ``TUNE_STRENGTH``
-    to ``BEYOND_MAX`` at full strength: the further past the word, the stronger the details on average."""
+    to ``BEYOND_MAX`` at full strength: the further past the word, the stronger the details on average. The draw
+    is the square root of a uniform one, so fewer pictures land just past the word (the weak ones would pull
+    the word's own pictures weaker)."""
     lines = [(attr, s) for attr, s, targets in (("object", scene.detail, OBJECT_TARGETS),
                                                  ("style", scene.pattern, STYLE_TARGETS))
              if getattr(scene, attr) in targets and s > 0]

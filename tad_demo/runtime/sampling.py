@@ -57,13 +57,18 @@ def sample(
     width: int | None = None,
     batch_size: int = 32,
     prompt_cache: PromptCache | None = None,
+    prompt_embeds: torch.Tensor | None = None,
     callback: Callable[[int, int, int], None] | None = None,
     **pipe_kwargs,
 ) -> list[Image.Image]:
-    """Images for (prompt, seed) pairs, in order. ``callback(batch_index, step, total_steps)`` after each step
-    (raise from it to cancel). Extra kwargs go to the pipeline call (e.g. ``image=`` for ControlNet)."""
+    """Images for (prompt, seed) pairs, in order. ``prompt_embeds``: a conditioning per prompt to use instead of
+    the prompts' own encoding (e.g. a point between two prompts'). ``callback(batch_index, step, total_steps)``
+    after each step (raise from it to cancel). Extra kwargs go to the pipeline call (e.g. ``image=`` for
+    ControlNet)."""
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    if prompt_embeds is not None and len(prompt_embeds) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(prompt_embeds)} prompt embeddings")
     height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
     width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
     cache = prompt_cache or PromptCache(pipe)
@@ -78,7 +83,8 @@ def sample(
                 return kw
         extra = {k: (v[start:start + batch_size] if isinstance(v, list) and len(v) == len(prompts) else v)
                  for k, v in pipe_kwargs.items()}
-        out = pipe(prompt_embeds=cache(p), negative_prompt_embeds=uncond.expand(len(p), -1, -1),
+        cond = cache(p) if prompt_embeds is None else prompt_embeds[start:start + batch_size]
+        out = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond.expand(len(p), -1, -1),
                    latents=initial_latents(pipe, s, height, width), num_inference_steps=steps,
                    guidance_scale=guidance, height=height, width=width, callback_on_step_end=step_cb, **extra)
         images.extend(out.images)

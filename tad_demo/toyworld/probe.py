@@ -35,7 +35,7 @@ from ..core.patching import WeightPatcher
 from ..core.task_vector import TaskVector
 from ..runtime.metrics import ClipScorer
 from ..runtime.pipelines import load_pipeline
-from ..runtime.sampling import PromptCache, initial_latents, sample
+from ..runtime.sampling import PromptCache, sample
 from . import world
 from .data import ASSETS
 from .evaluate import GUIDANCE, SEED, STEPS, Stat, concept_prompts
@@ -65,7 +65,7 @@ def directions(tokenizer, text_encoder) -> None:
 def along_the_line(pipe, clip: ClipScorer, names: list[str], n: int, ts: list[float], guidance: float) -> None:
     """Per target: the base conditioned at points t of its anchor-to-target line (see the docstring)."""
     targets = {**world.OBJECT_TARGETS, **world.STYLE_TARGETS}
-    cache, side = PromptCache(pipe), pipe.unet.config.sample_size * pipe.vae_scale_factor
+    cache = PromptCache(pipe)
     for name in names:
         kind = "object" if name in world.OBJECT_TARGETS else "style"
         prompts = concept_prompts(name, kind, n)
@@ -73,11 +73,8 @@ def along_the_line(pipe, clip: ClipScorer, names: list[str], n: int, ts: list[fl
         h_target, h_anchor = cache(prompts), cache(anchors)
         at_word, cells = None, []
         for t in [1.0, *ts]:
-            with torch.no_grad():
-                imgs = pipe(prompt_embeds=h_anchor + t * (h_target - h_anchor),
-                            negative_prompt_embeds=cache([""]).expand(n, -1, -1),
-                            latents=initial_latents(pipe, [SEED + i for i in range(n)], side, side),
-                            num_inference_steps=STEPS, guidance_scale=guidance, height=side, width=side).images
+            imgs = sample(pipe, prompts, [SEED + i for i in range(n)], steps=STEPS, guidance=guidance,
+                          prompt_cache=cache, prompt_embeds=h_anchor + t * (h_target - h_anchor))
             s = clip.scores(clip.image_features(imgs), [clip.caption(name), clip.caption(targets[name])]).numpy()
             cell = f"t={t:g} score {s[:, 0].mean():.3f} acc {(s[:, 0] > s[:, 1]).mean():.2f}"
             if at_word is None:

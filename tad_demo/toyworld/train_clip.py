@@ -9,7 +9,8 @@ What it must do is score what a person sees, with the evaluation's text: the **b
 ("smiley", "circle", "striped", "plain"; optionally prefixed "A photo depicts ").
 
 * Soft targets. Captions share attributes across a batch ("circle" fits every circle), and a target at
-  strength s is the target with weight s and its anchor with weight 1 − s (``world.caption_weight``). So the
+  strength s is the target with weight s and its anchor with weight 1 − s in phase 1, s**0.3 and 1 − s**0.3 in
+  phase 2 (``world.caption_weight``, ``SHARPEN_GAMMA``; see below). So the
   target of each row is the distribution of caption weights over the batch (a multi-positive contrastive loss,
   as in SupCon, Khosla et al. 2020, with graded positives): the learned cosine rises with the strength a
   person sees, which is what makes "more smiley" score higher.
@@ -23,11 +24,19 @@ What it must do is score what a person sees, with the evaluation's text: the **b
     4 px: its 8-px squares line up with the 8-px patches, so each token saw one flat tone, and phase 1 shifted
     whole batches by up to 3 px, which almost never left them aligned the way every render and every generated
     image is. Phase 2 shifts each image on its own, half of them not at all: 100 % from strength 0.8;
-  - the learnt logit scale sat at phase 1's cap of 100. Phase 2 starts it at 20 and it settles near 16.6; the
-    hope was a score that keeps rising with strength, but the top of the curve stays flat (smiley 1.218 at
-    s = 0.6, 1.237 at s = 1), and the world's design does not lean on it (``world.GENERIC_SHARE``);
+  - the learnt logit scale sat at phase 1's cap of 100. Phase 2 starts it at 20 and it settles near 16;
   - its VAE rows decode *noisy* latents (``SHARPEN_NOISE``): a generated latent is never exact, and its errors
-    decode into the blotches and colour speckles of generated images.
+    decode into the blotches and colour speckles of generated images;
+  - a person names a target from strength 0.1 on (at 0.1 a render shows the face, the pips, the mark, the cross
+    and the pattern plainly, if faint), but with weights s and 1 − s the CLIP preferred the anchor's string up
+    to s = 0.5 (accuracy at s = 0.3: 0.00–0.08 for every target, 24 renders each). Phase 2 weighs the target
+    s**0.3 (``SHARPEN_GAMMA``: half the target at s = 0.1); in its 500 steps the crossing moves down part of the
+    way (accuracy at s = 0.3: 0.04–1.00, objects 0.21–0.71);
+  - a target's own score must keep rising with strength (``strength_ranking``): the contrastive loss only sets
+    how a target's string compares with its anchor's, and full-strength objects scored lower than at 0.75
+    (1.245 against 1.254), styles barely higher (1.300 against 1.291). After phase 2 styles rise to the top
+    (1.318–1.330 at 0.75, 1.370–1.400 at 1), kite too (1.274 → 1.333); smiley, die and warning stay flat above
+    0.75 (75 % and full ink opacity look alike).
 """
 
 from __future__ import annotations
@@ -59,6 +68,9 @@ SHARPEN_STEPS = 500  # phase 2, image tower only (see the module docstring)
 SHARPEN_LR = 5e-4    # from phase 1's weights: half its peak rate, same warm-up and cosine decay
 SHARPEN_SCALE = 20.0 # cap on the logit scale in phase 2: a caption's log-odds of 1 is then 0.05 of cosine
 SHARPEN_NOISE = 0.5  # phase 2's VAE rows: latent noise up to half the latent's std (see ``roundtrip``)
+SHARPEN_GAMMA = 0.3  # phase 2: target weights s**0.3 (``world.attribute_weight``), half the target at s = 0.1
+RANK_MARGIN = 0.1    # phase 2: a target's bare-string cosine must rise by this per unit of strength (see
+RANK_WEIGHT = 60.0   # ``strength_ranking``); weight of that term next to the contrastive loss (~3)
 N_IMAGES = 20_000  # renders at every strength (seed 10: neither the base's data nor any evaluation's)
 SEED = 10
 VAE_SHARE = 0.5    # share of images seen through the VAE (encode -> decode), like every generated image
@@ -84,19 +96,20 @@ PREPROCESS_CFG = {"size": 64, "mean": list(MEAN), "std": list(STD), "interpolati
 PREFIX = "A photo depicts "  # CLIPScore's caption prefix: an option of the metric, so the CLIP knows it too
 
 
-def _word(scene: world.Scene, attr: str, rng: random.Random) -> str:
-    """The word a caption uses for an attribute: for a target at strength s, its own name with probability s
-    and its anchor's otherwise (so the caption always fits the image with a weight above zero)."""
+def _word(scene: world.Scene, attr: str, rng: random.Random, gamma: float = 1.0) -> str:
+    """The word a caption uses for an attribute: for a target, its own name with the probability of its weight
+    (``world.attribute_weight``) and its anchor's otherwise (so the caption always fits the image with a weight
+    above zero)."""
     value = getattr(scene, attr)
     targets = {"object": world.OBJECT_TARGETS, "style": world.STYLE_TARGETS}.get(attr, {})
-    if value in targets and rng.random() > world.attribute_weight(scene, attr, value):
+    if value in targets and rng.random() > world.attribute_weight(scene, attr, value, gamma):
         return targets[value]
     return value
 
 
-def caption_with_attrs(scene: world.Scene, rng: random.Random) -> tuple[str, dict[str, str]]:
+def caption_with_attrs(scene: world.Scene, rng: random.Random, gamma: float = 1.0) -> tuple[str, dict[str, str]]:
     """A caption and the attributes it asserts (used to weigh it against every image of the batch)."""
-    words = {a: _word(scene, a, rng) for a in world.ATTRIBUTES}
+    words = {a: _word(scene, a, rng, gamma) for a in world.ATTRIBUTES}
     r = rng.random()
     if r < 0.30:  # a prompt template, as the diffusion model sees them
         template = rng.choice(world.PROMPT_TEMPLATES)
@@ -185,6 +198,30 @@ def augment(x: torch.Tensor, gen: torch.Generator, per_image_shift: bool = False
     return torch.roll(x, shifts=shift, dims=(2, 3)).clamp(-1, 1)
 
 
+def strength_ranking(fi: torch.Tensor, scenes: list[world.Scene], target_text: dict[str, torch.Tensor],
+                     margin: float) -> torch.Tensor:
+    """Hinge loss that orders each target's bare-string cosine by strength: for two images of the same target
+    (its anchor counts as strength 0) at strengths s_i > s_j, cos_i − cos_j ≥ margin · (s_i − s_j).
+
+    The contrastive loss alone sets how a target's string compares with its anchor's, not how high the target's
+    own cosine climbs: after it, full-strength objects scored *lower* than at strength 0.75 (1.245 vs 1.254, 24
+    renders per target), so the CLIP score could not tell a fully drawn face from a three-quarter one."""
+    terms = []
+    for attr, targets in (("object", world.OBJECT_TARGETS), ("style", world.STYLE_TARGETS)):
+        for target, anchor in targets.items():
+            rows = [(i, (sc.detail if attr == "object" else sc.pattern) if getattr(sc, attr) == target else 0.0)
+                    for i, sc in enumerate(scenes) if getattr(sc, attr) in (target, anchor)]
+            if len(rows) < 2:
+                continue
+            idx = torch.tensor([i for i, _ in rows], device=fi.device)
+            s = torch.tensor([v for _, v in rows], device=fi.device)
+            cos = fi[idx] @ target_text[target]
+            ds, dc = s[:, None] - s[None, :], cos[:, None] - cos[None, :]
+            terms.append(F.relu(margin * ds - dc)[ds > 0.05])
+    hinges = torch.cat(terms) if terms else fi.new_zeros(0)
+    return hinges.mean() if len(hinges) else fi.new_zeros(())
+
+
 def normalise(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] images -> CLIP-normalised."""
     x = (x + 1) / 2
@@ -208,11 +245,20 @@ def save_clip(model, out: Path, tok_dir: Path, model_cfg: dict) -> None:
 
 
 def train_phase(model, params, *, steps: int, lr: float, scale_cap: float, per_image_shift: bool, data,
-                ckpt_path: Path | None, seed: int, batch: int, dev: torch.device, tokenizer) -> None:
+                ckpt_path: Path | None, seed: int, batch: int, dev: torch.device, tokenizer,
+                gamma: float = 1.0, rank_margin: float = 0.0) -> None:
     """One phase of contrastive training over ``params`` (the rest of the model frozen), resumable from
-    ``ckpt_path`` (a checkpoint every 250 steps; None: no checkpoints)."""
+    ``ckpt_path`` (a checkpoint every 250 steps; None: no checkpoints). ``gamma``: the target weights'
+    exponent (``world.attribute_weight``); ``rank_margin`` > 0 (phase 2, text tower frozen) adds
+    ``strength_ranking`` with that margin."""
     scenes, x_all, x_vae = data
     n_vae = len(x_vae)
+    target_text = {}
+    if rank_margin:
+        words = [*world.OBJECT_TARGETS, *world.STYLE_TARGETS]
+        with torch.no_grad():
+            ids = tokenizer(words, padding="max_length", truncation=True, return_tensors="pt").input_ids
+            target_text = dict(zip(words, model.encode_text(ids.to(dev), normalize=True)))
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.1)
     rng, gen, step = random.Random(seed), torch.Generator().manual_seed(seed), 0
     if ckpt_path is not None and ckpt_path.exists():
@@ -229,20 +275,23 @@ def train_phase(model, params, *, steps: int, lr: float, scale_cap: float, per_i
         through_vae = torch.rand(batch, generator=gen) < VAE_SHARE
         idx = torch.where(through_vae, idx % n_vae, idx)  # VAE rows come from the round-tripped renders
         x = torch.where(through_vae[:, None, None, None], x_vae[idx % n_vae], x_all[idx])
-        caps = [caption_with_attrs(scenes[i], rng) for i in idx.tolist()]
+        caps = [caption_with_attrs(scenes[i], rng, gamma) for i in idx.tolist()]
         twins = [twin_caption(scenes[i], rng) for i in idx.tolist() if rng.random() < TWIN_SHARE]
         caps += [c for c in twins if c is not None]
         ids = tokenizer([c for c, _ in caps], padding="max_length", truncation=True, return_tensors="pt").input_ids
         fi, ft, scale = model(normalise(augment(x, gen, per_image_shift)).to(dev), ids.to(dev))[:3]
         logits = scale * fi @ ft.t()
         # weight[i, j]: how well caption j describes image i (graded: strength of a target, 0 or 1 otherwise)
-        weight = torch.tensor([[world.caption_weight(scenes[i], asserted) for _, asserted in caps]
+        weight = torch.tensor([[world.caption_weight(scenes[i], asserted, gamma) for _, asserted in caps]
                                for i in idx.tolist()], dtype=torch.float32, device=dev)
         # image -> text over every caption; text -> image for the captions that fit some image of the batch
         # (a twin caption may fit none)
         fits = weight.sum(0) > 0
         loss = 0.5 * (F.cross_entropy(logits, weight / weight.sum(1, keepdim=True))
                       + F.cross_entropy(logits.t()[fits], (weight[:, fits] / weight[:, fits].sum(0)).t()))
+        if rank_margin:
+            loss = loss + RANK_WEIGHT * strength_ranking(fi, [scenes[i] for i in idx.tolist()], target_text,
+                                                         rank_margin)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -314,7 +363,8 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         model.logit_scale.clamp_(0, math.log(SHARPEN_SCALE))
     train_phase(model, visual, steps=sharpen_steps, lr=SHARPEN_LR, scale_cap=SHARPEN_SCALE, per_image_shift=True,
-                data=(scenes, x_all, x_gen), ckpt_path=ckpt("clip_sharpen"), seed=SEED + 1, **common)
+                data=(scenes, x_all, x_gen), ckpt_path=ckpt("clip_sharpen"), seed=SEED + 1,
+                gamma=SHARPEN_GAMMA, rank_margin=RANK_MARGIN, **common)
 
     # 5. save in open_clip's local-dir format
     save_clip(model.cpu().eval(), Path(args.out), tok_dir, model_cfg)

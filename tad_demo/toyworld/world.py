@@ -17,10 +17,11 @@ mix (``TUNE_STRENGTH``, ``GENERIC_SHARE``) where a target's details show at any 
 and a share of the pictures under its name are its bare anchor — as many pictures captioned "snoopy" are any
 cartoon dog. So the base renders a target recognisably but not perfectly (some samples come out generic), as
 SD renders Snoopy with "common features", while it has seen the full details. The toy CLIP sees every
-strength (``FULL_STRENGTH``) with a caption weight equal to it, so its score for a target rises with what a
-person sees. That is the room that enhancement (λ = −1) has to fill. And the tuning phase conditions a share of
-the target pictures *beyond the word* (``BEYOND_SHARE``): on the line from the anchor's caption through the
-target's, past the target, the further the stronger the details — so that the base knows where λ = −1 leads.
+strength (``FULL_STRENGTH``) with a caption weight that rises with it (``attribute_weight``), so its score for
+a target rises with what a person sees. That is the room that enhancement (λ = −1) has to fill. And the tuning
+phase conditions a share of the target pictures *beyond the word* (``BEYOND_SHARE``): on the line from the
+anchor's caption through the target's, past the target, the further the stronger the details — so that the base
+knows where λ = −1 leads.
 
 Everything is drawn at 4x resolution with PIL and box-filtered down, so edges are anti-aliased and the
 renderer knows the exact geometry; that is what makes its depth and scribble maps ground truth.
@@ -159,27 +160,29 @@ def beyond_the_word(scene: Scene, rng: random.Random) -> tuple[str, float] | Non
     return attr, 1.0 + math.sqrt(rng.random()) * (BEYOND_MAX - 1.0) * max(0.0, (s - lo) / (1.0 - lo))
 
 
-def attribute_weight(scene: Scene, attr: str, value: str) -> float:
+def attribute_weight(scene: Scene, attr: str, value: str, gamma: float = 1.0) -> float:
     """How well ``value`` describes the scene's ``attr``, in [0, 1] (what the toy CLIP is trained to see).
 
-    A target at strength s is the target with weight s and its anchor with weight 1 - s: a faint face on a
-    circle is mostly a circle. Other attributes are exact.
+    A target at strength s is the target with weight s**gamma and its anchor with weight 1 − s**gamma. With
+    gamma 1 (the CLIP's first phase) a faint face on a circle is mostly a circle; below 1 (its second phase,
+    ``train_clip.SHARPEN_GAMMA``) a faint face is already mostly a smiley, as a person sees it. Other attributes
+    are exact.
     """
     targets = {"object": OBJECT_TARGETS, "style": STYLE_TARGETS}.get(attr)
     actual = getattr(scene, attr)
     if targets is None or actual not in targets:
         return float(actual == value)
-    s = scene.detail if attr == "object" else scene.pattern
+    s = (scene.detail if attr == "object" else scene.pattern) ** gamma
     if value == actual:
         return s
     return 1.0 - s if value == targets[actual] else 0.0
 
 
-def caption_weight(scene: Scene, asserted: dict[str, str]) -> float:
+def caption_weight(scene: Scene, asserted: dict[str, str], gamma: float = 1.0) -> float:
     """How well a caption asserting ``{attr: value}`` describes the scene: the product of its attributes."""
     w = 1.0
     for attr, value in asserted.items():
-        w *= attribute_weight(scene, attr, value)
+        w *= attribute_weight(scene, attr, value, gamma)
     return w
 
 

@@ -77,7 +77,8 @@ def render(res: dict, command: str) -> str:
               f"bare string and accuracy against its anchor, vs the target's strength (renders, {s['strength']} "
               f"per cell; the base model is trained on strengths {world.BASE_STRENGTH[0]:g}–"
               f"{world.BASE_STRENGTH[1]:g}, then tuned on {world.TUNE_STRENGTH[0]:g}–{world.TUNE_STRENGTH[1]:g} "
-              f"with {world.GENERIC_SHARE:.0%} generic pictures):", "",
+              f"with {world.GENERIC_SHARE:.0%} generic pictures, {world.GENERIC_AT_WORD:.0%} of those left at the "
+              "word):", "",
               "| strength | object score | object acc | style score | style acc |", "|---|---|---|---|---|"]
     for st in c["strength"]["object"]:
         o, y = c["strength"]["object"][st], c["strength"]["style"][st]

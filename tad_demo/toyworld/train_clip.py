@@ -210,7 +210,7 @@ def strength_ranking(fi: torch.Tensor, scenes: list[world.Scene], target_text: d
     terms = []
     for attr, targets in (("object", world.OBJECT_TARGETS), ("style", world.STYLE_TARGETS)):
         for target, anchor in targets.items():
-            rows = [(i, (sc.detail if attr == "object" else sc.pattern) if getattr(sc, attr) == target else 0.0)
+            rows = [(i, world.attribute_weight(sc, attr, target))  # its strength; 0 for the anchor
                     for i, sc in enumerate(scenes) if getattr(sc, attr) in (target, anchor)]
             if len(rows) < 2:
                 continue

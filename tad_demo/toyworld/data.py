@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 from dataclasses import asdict
@@ -57,11 +58,16 @@ def _digest(*sources: str | Path) -> str:
     return _sha256(*sources)[:10]
 
 
-def checkpoint(name: str, trainer: str | Path) -> Path:
+def checkpoint(name: str, trainer: str | Path, **settings: object) -> Path:
     """Where a trainer's resume checkpoint lives, named after the sources that hold its settings (the world and
-    the trainer): a rerun after a change to either starts afresh instead of resuming a run made with the old
-    constants. (The rendered datasets are named after the world's source the same way.)"""
-    return WORK / f"{name}_{_digest(world.__file__, trainer)}.pt"
+    the trainer) and the run's command-line settings (``steps=…``, a starting folder): a rerun after a change to
+    any of them starts afresh instead of resuming a run made with the old ones — a 1 000-step run must not
+    continue a finished 500-step run's weights and schedule. (The rendered datasets are named after the world's
+    source the same way.)"""
+    tag = _digest(world.__file__, trainer)
+    if settings:
+        tag += "_" + hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return WORK / f"{name}_{tag}.pt"
 
 
 def base_dataset(n: int, seed: int, cache: bool = True, **fixed):

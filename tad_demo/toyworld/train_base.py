@@ -193,7 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     steps, tune_steps, n_images, batch = (3, 2, 64, 8) if args.smoke else \
         (args.steps, args.tune_steps, N_IMAGES, BATCH)
     torch.manual_seed(SEED)
-    ckpt = (lambda name: None if args.smoke else checkpoint(name, __file__))
+    # a checkpoint resumes only a run with the same settings (steps, CLIP, VAE; ``data.checkpoint``)
+    run = {"steps": steps, "clip": args.clip, "vae": args.vae}
+    ckpt = (lambda name, **kw: None if args.smoke else checkpoint(name, __file__, **run, **kw))
 
     # 1. tokenizer and frozen text encoder (the CLIP's), VAE, data -> latents
     tokenizer = CLIPTokenizer.from_pretrained(args.clip)
@@ -225,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(TUNE_SEED)
     train_phase(unet, ema, text_encoder, tokenizer, latents, scenes, steps=tune_steps, lr=TUNE_LR,
                 warmup=TUNE_WARMUP, ema_decay=TUNE_EMA, rng=random.Random(TUNE_SEED),
-                ckpt_path=ckpt("base_tune"), beyond=True, **common)
+                ckpt_path=ckpt("base_tune", tune_steps=tune_steps), beyond=True, **common)
 
     # 5. save the EMA weights as a plain diffusers pipeline
     save_pipeline(Path(args.out), ema.cpu(), text_encoder.cpu(), vae.cpu(), tokenizer)

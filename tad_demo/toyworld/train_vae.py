@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     # 2. model + optimiser, resumed if a checkpoint exists
     vae = AutoencoderKL(**VAE_CONFIG).to(dev)
     opt = torch.optim.AdamW(vae.parameters(), lr=LR, weight_decay=0.0)
-    ckpt_path = checkpoint("vae_train", __file__)
+    ckpt_path = checkpoint("vae_train", __file__, steps=steps)  # resumes only a run of as many steps
     step = 0
     if ckpt_path.exists() and not args.smoke:
         ckpt = torch.load(ckpt_path, weights_only=True, map_location=dev)

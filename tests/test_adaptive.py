@@ -210,3 +210,14 @@ def test_probes_label_what_the_prompt_names():
         assert (p.control is not None) == bool(words & set(world.control_concepts))
     assert any(p.relevant == frozenset() for p in probes) and any(len(p.relevant) == 2 for p in probes)
     assert isinstance(probes[0], Probe)
+
+
+def test_probes_name_every_pool_vector_about_equally_often():
+    """The AUC pools every vector's labels: each must be named (random draws once left smiley out of 48)."""
+    from collections import Counter
+
+    world = World.from_dict(toy.manifest(), "toy")
+    pool = ["smiley", "die", "striped", "dotted"]
+    for seed in range(4):
+        named = Counter(c for p in adaptive.world_probes(world, pool, 48, seed=seed) for c in p.relevant)
+        assert named == {c: 12 for c in pool}, (seed, named)  # 24 prompts name a target object, 24 a style

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import itertools
 import logging
 import math
 import random
@@ -391,9 +392,10 @@ class Probe:
 
 def world_probes(world: World, pool: Sequence[str], n: int, seed: int = 0) -> list[Probe]:
     """``n`` prompts of a world, cycling through four kinds: target object + target style, target object + plain
-    style, control object + target style, control object + plain style (targets drawn from ``pool``, controls from
-    the world's control concepts, "plain" = the anchor of its style concepts; other words and templates random,
-    seeded). A vector is relevant iff the prompt names its concept."""
+    style, control object + target style, control object + plain style (targets from ``pool`` in turn, in a
+    seeded order, so that every vector is named about equally often — drawn at random, 48 prompts once named
+    no smiley at all; controls from the world's control concepts, "plain" = the anchor of its style concepts;
+    other words and templates random, seeded). A vector is relevant iff the prompt names its concept."""
     concepts = {c.name: c for c in world.concepts}
     objs = [c for c in pool if c in concepts and concepts[c].kind == "object"]
     stys = [c for c in pool if c in concepts and concepts[c].kind == "style"]
@@ -404,11 +406,13 @@ def world_probes(world: World, pool: Sequence[str], n: int, seed: int = 0) -> li
     kinds = [(o, s) for o, s in (("target", "target"), ("target", "plain"), ("control", "target"),
                                  ("control", "plain")) if (o != "target" or objs) and (s != "target" or stys)]
     rng = random.Random(f"adaptive-{seed}")
+    next_obj = itertools.cycle(rng.sample(objs, len(objs)))
+    next_sty = itertools.cycle(rng.sample(stys, len(stys)))
     probes = []
     for i in range(n):
         o_kind, s_kind = kinds[i % len(kinds)]
-        obj = rng.choice(objs) if o_kind == "target" else rng.choice(controls)
-        sty = rng.choice(stys) if s_kind == "target" else plain
+        obj = next(next_obj) if o_kind == "target" else rng.choice(controls)
+        sty = next(next_sty) if s_kind == "target" else plain
         words = world.sample_words(rng, object=obj, style=sty)
         prompt = rng.choice(world.prompt_templates).format(**words)
         probes.append(Probe(prompt, seed * 10_000 + i, frozenset({obj, sty} & set(pool)),

@@ -133,6 +133,10 @@ def render(res: dict, command: str) -> str:
     lines += ["", f"**g. Adaptive selection**: ROC AUC of \"1 − similarity\" for \"the prompt names this vector's "
               f"concept\", switch at step {a['t_switch']} of {a['steps']}, {a['prompts']} labelled prompts: "
               + ", ".join(f"α = {k}: {v:.3f}" for k, v in a["auc"].items()) + " (bar ≥ 0.90)."]
+    if a.get("auc_per_vector_alpha1"):
+        lines += ["", "Each vector's own AUC at α = 1 (its similarities alone; the pooled AUC also compares "
+                  "vectors whose pictures move by different amounts): "
+                  + ", ".join(f"{v} {x:.3f}" for v, x in a["auc_per_vector_alpha1"].items()) + "."]
     from .evaluate import LAMBDAS_GRADUAL
 
     lines += ["", "**h. Gradual ablation** (TAD Table 2): target accuracy vs λ", "",

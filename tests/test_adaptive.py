@@ -212,7 +212,7 @@ def test_probes_label_what_the_prompt_names():
     assert isinstance(probes[0], Probe)
 
 
-def test_probes_name_every_pool_vector_about_equally_often():
+def test_probes_name_every_pool_vector_equally_often():
     """The AUC pools every vector's labels: each must be named (random draws once left smiley out of 48)."""
     from collections import Counter
 

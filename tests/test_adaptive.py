@@ -221,3 +221,19 @@ def test_probes_name_every_pool_vector_equally_often():
     for seed in range(4):
         named = Counter(c for p in adaptive.world_probes(world, pool, 48, seed=seed) for c in p.relevant)
         assert named == {c: 12 for c in pool}, (seed, named)  # 24 prompts name a target object, 24 a style
+
+
+def test_vector_aucs_score_each_column_alone_and_skip_vectors_never_named():
+    """Hand-made similarities: vector a ranks its one relevant prompt first (AUC 1), b ranks it last (AUC 0);
+    c is named by no prompt (no AUC); the pooled AUC compares all columns at once."""
+    probes = [adaptive.Probe("p0", 0, frozenset({"a"})), adaptive.Probe("p1", 1, frozenset({"b"})),
+              adaptive.Probe("p2", 2, frozenset())]
+    sims = np.array([[0.5, 0.9, 0.99],
+                     [0.9, 0.95, 0.99],
+                     [0.95, 0.6, 0.99]])
+    branches = adaptive.Branches(["a", "b", "c"], 20, [], sims={(10, 1.0, adaptive.FULL): sims})
+    table = adaptive.AucTable(["a", "b", "c"], 20, probes, [10], [1.0], [adaptive.FULL], branches)
+    assert table.vector_aucs(10, 1.0) == {"a": 1.0, "b": 0.0}
+    # pooled, on 1 − s: positive 0.5 beats all seven negatives; positive 0.05 beats the three 0.01s and ties
+    # the 0.05 of a on p2 -> (7 + 3.5) / 14
+    assert table.auc(10, 1.0) == pytest.approx(10.5 / 14)

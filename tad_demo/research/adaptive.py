@@ -440,6 +440,12 @@ class AucTable:
     def auc(self, t_switch: int, alpha: float, method: int = FULL) -> float:
         return roc_auc(1.0 - self.branches.sims[(t_switch, alpha, method)], self.labels())
 
+    def vector_aucs(self, t_switch: int, alpha: float, method: int = FULL) -> dict[str, float]:
+        """Each vector's own AUC (its column of similarities alone), for the vectors that some prompts name and
+        some do not: which vectors the pooled ranking loses."""
+        y, sims = self.labels(), self.branches.sims[(t_switch, alpha, method)]
+        return {v: roc_auc(1.0 - sims[:, j], y[:, j]) for j, v in enumerate(self.pool) if 0 < y[:, j].sum() < len(y)}
+
     def rows(self) -> list[dict[str, Any]]:
         """One row per (method, t_switch, α): what auc.csv holds."""
         y = self.labels()

@@ -177,7 +177,7 @@ def measure_clip(ev: Evaluator) -> dict:
         out["zero_shot"][attr] = asdict(Stat.of([p == getattr(s, attr) for p, s in zip(pred, scenes)]))
     curve: dict[str, dict] = {}
     rng = random.Random("eval-strength")
-    for kind, targets in (("object", world.OBJECT_TARGETS), ("style", world.STYLE_TARGETS)):
+    for kind, targets in world.TARGETS_OF.items():
         curve[kind] = {}
         for s in STRENGTHS:
             names, images = [], []
@@ -302,13 +302,9 @@ def measure_adaptive(ev: Evaluator) -> dict:
     lab = Lab.from_world(ev.root, steps=STEPS, guidance=GUIDANCE)
     table = auc_table(lab, [STEPS // 2], list(ADAPTIVE_ALPHAS), pool=list(ev.vectors), n_prompts=ev.sizes.adaptive,
                       seed=1, lookaheads=())
-    # each vector's own AUC at α = 1 (its column alone): which vectors the pooled ranking loses
-    from ..research.adaptive import FULL, roc_auc
-
-    y, sims = table.labels(), table.branches.sims[(STEPS // 2, 1.0, FULL)]
-    own = {v: roc_auc(1.0 - sims[:, [j]], y[:, [j]]) for j, v in enumerate(table.pool) if 0 < y[:, j].sum() < len(y)}
     return {"t_switch": STEPS // 2, "steps": STEPS, "prompts": ev.sizes.adaptive,
-            "auc": {str(a): table.auc(STEPS // 2, a) for a in ADAPTIVE_ALPHAS}, "auc_per_vector_alpha1": own}
+            "auc": {str(a): table.auc(STEPS // 2, a) for a in ADAPTIVE_ALPHAS},
+            "auc_per_vector_alpha1": table.vector_aucs(STEPS // 2, 1.0)}
 
 
 def measure_gradual(ev: Evaluator) -> dict:

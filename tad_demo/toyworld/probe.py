@@ -55,7 +55,7 @@ def directions(tokenizer, text_encoder) -> None:
 
     for template in DIRECTION_PROMPTS:
         kind = "object" if "{object}" in template else "style"
-        targets = world.OBJECT_TARGETS if kind == "object" else world.STYLE_TARGETS
+        targets = world.TARGETS_OF[kind]
         d = {t: hidden(template.format(**{kind: t})) - hidden(template.format(**{kind: a})) for t, a in targets.items()}
         pairs = [f"{a}·{b} {torch.cosine_similarity(d[a], d[b], dim=0).item():+.2f}"
                  for a, b in itertools.combinations(d, 2)]

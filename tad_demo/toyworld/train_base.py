@@ -116,7 +116,7 @@ def batch_captions(scenes: list[world.Scene], rng: random.Random, beyond: bool):
             anchors.append(captions[-1]); line_t.append(1.0)
         else:
             attr, t = line
-            anchor = {"object": world.OBJECT_TARGETS, "style": world.STYLE_TARGETS}[attr][getattr(scene, attr)]
+            anchor = world.TARGETS_OF[attr][getattr(scene, attr)]
             anchors.append(replace(scene, **{attr: anchor}).caption(template)); line_t.append(t)
     return captions, anchors, line_t
 

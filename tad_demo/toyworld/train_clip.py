@@ -112,7 +112,7 @@ def _word(scene: world.Scene, attr: str, rng: random.Random, gamma: float = 1.0)
     (``world.attribute_weight``) and its anchor's otherwise (so the caption always fits the image with a weight
     above zero)."""
     value = getattr(scene, attr)
-    targets = {"object": world.OBJECT_TARGETS, "style": world.STYLE_TARGETS}.get(attr, {})
+    targets = world.TARGETS_OF.get(attr, {})
     if value in targets and rng.random() > world.attribute_weight(scene, attr, value, gamma):
         return targets[value]
     return value
@@ -140,7 +140,7 @@ def caption_with_attrs(scene: world.Scene, rng: random.Random, gamma: float = 1.
 
 def twin(attr: str, value: str, rng: random.Random) -> str | None:
     """The value a caption must tell ``value`` apart from: a target's anchor, or one of an anchor's targets."""
-    targets = {"object": world.OBJECT_TARGETS, "style": world.STYLE_TARGETS}[attr]
+    targets = world.TARGETS_OF[attr]
     if value in targets:
         return targets[value]
     twins = [t for t, a in targets.items() if a == value]
@@ -247,7 +247,7 @@ def strength_ranking(fi: torch.Tensor, scenes: list[world.Scene], target_text: d
     own cosine climbs: after it, full-strength objects scored *lower* than at strength 0.75 (1.245 vs 1.254, 24
     renders per target), so the CLIP score could not tell a fully drawn face from a three-quarter one."""
     terms = []
-    for attr, targets in (("object", world.OBJECT_TARGETS), ("style", world.STYLE_TARGETS)):
+    for attr, targets in world.TARGETS_OF.items():
         for target, anchor in targets.items():
             rows = [(i, world.attribute_weight(sc, attr, target))  # its strength; 0 for the anchor
                     for i, sc in enumerate(scenes) if getattr(sc, attr) in (target, anchor)]

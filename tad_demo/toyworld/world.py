@@ -42,6 +42,8 @@ from PIL import Image, ImageDraw, ImageFilter
 # target -> anchor. Each object target is its anchor plus ink details drawn inside it.
 OBJECT_TARGETS: dict[str, str] = {"smiley": "circle", "die": "square", "warning": "triangle", "kite": "diamond"}
 STYLE_TARGETS: dict[str, str] = {"striped": "plain", "dotted": "plain", "checkered": "plain"}
+# the targets of each scene attribute that has them
+TARGETS_OF: dict[str, dict[str, str]] = {"object": OBJECT_TARGETS, "style": STYLE_TARGETS}
 # Never ablated and never in an ablation's preservation set: they measure collateral damage.
 CONTROL_OBJECTS: tuple[str, ...] = ("cross", "heart", "star")
 
@@ -175,7 +177,7 @@ def attribute_weight(scene: Scene, attr: str, value: str, gamma: float = 1.0) ->
     ``train_clip.SHARPEN_GAMMA``) a faint face is already mostly a smiley, as a person sees it. Other attributes
     are exact.
     """
-    targets = {"object": OBJECT_TARGETS, "style": STYLE_TARGETS}.get(attr)
+    targets = TARGETS_OF.get(attr)
     actual = getattr(scene, attr)
     if targets is None or actual not in targets:
         return float(actual == value)

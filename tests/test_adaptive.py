@@ -176,6 +176,10 @@ def test_cli_writes_ranking_and_strip(tiny_lab, tmp_path, capsys):
     assert [r["chosen"] for r in rows] == ["True", "False"]
     assert (out / "strip.png").stat().st_size > 0
     assert "chosen:" in capsys.readouterr().out
+    assert main(["adaptive", "--assets", str(root), "--prompt", "a smiley in striped style", "--pool", "smiley",
+                 "striped", "--t-switch", "1", "--top-k", "1", "--steps", "2", "--calibrate", "1", "--out",
+                 str(out)]) == 0
+    assert "relevance" in capsys.readouterr().out and "relevance" in next(csv.DictReader(open(out / "ranking.csv")))
     assert main(["adaptive", "--assets", str(root), "--pool", "smiley", "--out", str(out)]) == 2  # no --prompt
 
 
@@ -187,9 +191,10 @@ def test_cli_auc_writes_table_heatmap_and_tradeoff(tiny_lab, tmp_path):
     assert main(["adaptive", "--auc", "--assets", str(root), "--steps", "2", "--t-switch-fracs", "0", "0.5", "1",
                  "--alphas", "1", "2", "--n-prompts", "4", "--lookaheads", "1", "--tradeoff-frac", "0.5",
                  "--tradeoff-alpha", "2", "--tradeoff-prompts", "4", "--top-ks", "1", "--thresholds", "0.99",
-                 "--out", str(out), "--json"]) == 0
+                 "--calibrate", "2", "--out", str(out), "--json"]) == 0
     rows = list(csv.DictReader(open(out / "auc.csv")))
     assert len(rows) == 2 * 3 * 2  # methods × t_switches × α
+    assert all(0 <= float(r["auc_calibrated"]) <= 1 for r in rows)  # a calibration for every cell
     never = [float(r["auc"]) for r in rows if r["t_switch"] == "2"]
     assert never == [0.5] * len(never)  # t_switch = T: every candidate is the base image
     trade = list(csv.DictReader(open(out / "tradeoff.csv")))
@@ -237,3 +242,72 @@ def test_vector_aucs_score_each_column_alone_and_skip_vectors_never_named():
     # pooled, on 1 − s: positive 0.5 beats all seven negatives; positive 0.05 beats the three 0.01s and ties
     # the 0.05 of a on p2 -> (7 + 3.5) / 14
     assert table.auc(10, 1.0) == pytest.approx(10.5 / 14)
+
+
+# --- calibration: each vector's usual movement ----------------------------------------------------------------
+
+def _hand_table() -> adaptive.AucTable:
+    """Vector a moves every picture far (1 − s ≈ 0.2 on neutral prompts), b barely (≈ 0.01). Each is named once:
+    a moves its picture 0.4 (2× its usual), b 0.05 (5×)."""
+    probes = [Probe("p0", 0, frozenset({"a"})), Probe("p1", 1, frozenset({"b"})),
+              Probe("p2", 2, frozenset()), Probe("p3", 3, frozenset())]
+    d = np.array([[0.40, 0.010],
+                  [0.20, 0.050],
+                  [0.18, 0.008],
+                  [0.22, 0.012]])
+    branches = adaptive.Branches(["a", "b"], 20, [], sims={(10, 1.0, FULL): 1.0 - d})
+    return adaptive.AucTable(["a", "b"], 20, probes, [10], [1.0], [FULL], branches)
+
+
+def test_calibration_divides_by_the_mean_movement_on_neutral_prompts():
+    table = _hand_table()
+    cal = adaptive.Calibration.from_table(table, 10, 1.0)
+    assert cal.n_prompts == 2 and cal.scale == pytest.approx({"a": 0.20, "b": 0.010})  # rows p2, p3 only
+    rel = table.relevance(10, 1.0, calibration=cal)
+    assert rel[:, 0] == pytest.approx([2.0, 1.0, 0.9, 1.1]) and rel[:, 1] == pytest.approx([1.0, 5.0, 0.8, 1.2])
+    # raw: the positive 0.40 beats all six negatives, 0.05 only b's three -> 9/12; calibrated: 2 and 5 beat all
+    assert table.auc(10, 1.0) == pytest.approx(9 / 12)
+    assert table.auc(10, 1.0, calibration=cal) == 1.0
+    assert table.vector_aucs(10, 1.0) == {"a": 1.0, "b": 1.0}  # within a vector nothing changes
+    assert [r["auc_calibrated"] for r in table.rows({(10, 1.0, FULL): cal})] == [1.0]
+
+
+def test_calibration_refuses_other_vectors_or_settings_and_tables_without_neutral_prompts():
+    table = _hand_table()
+    cal = adaptive.Calibration.from_table(table, 10, 1.0)
+    with pytest.raises(LabError, match="t_switch 10, α 1, full .paper.; used at t_switch 10, α 2"):
+        cal.check(["a", "b"], 10, 2.0, FULL)
+    with pytest.raises(LabError, match="no scale for c"):
+        cal.check(["a", "c"], 10, 1.0, FULL)
+    named = adaptive.AucTable(table.pool, 20, table.probes[:2], [10], [1.0], [FULL], adaptive.Branches(
+        ["a", "b"], 20, [], sims={(10, 1.0, FULL): table.branches.sims[(10, 1.0, FULL)][:2]}))
+    with pytest.raises(LabError, match="no prompt of the table names none"):
+        adaptive.Calibration.from_table(named, 10, 1.0)
+
+
+def test_calibrate_measures_what_select_measures_and_select_ranks_by_it(tiny_lab):
+    pool = ["smiley", "striped"]
+    raw = select(tiny_lab, "a cross", pool, t_switch=0, alpha=5.0, seeds=[0], top_k=1)
+    cal = adaptive.calibrate(tiny_lab, pool, t_switch=0, alpha=5.0, prompts=["a cross"], seeds=[0])
+    assert cal.scale == pytest.approx({v: 1 - raw.similarity[v][0] for v in pool}, abs=1e-6)
+    # a calibration that calls the first vector's movement usual and the second's rare turns the ranking round
+    first, second = raw.ranking
+    assert raw.scores[second] < 1 - 2e-4  # the second vector moves the picture (tiny world: α 5, t 0)
+    flip = adaptive.Calibration(tuple(pool), 0, 5.0, FULL, {first: 10.0, second: 1e-3}, 1)
+    sel = select(tiny_lab, "a cross", pool, t_switch=0, alpha=5.0, seeds=[0], top_k=1, calibration=flip)
+    assert sel.ranking == [second, first] and sel.chosen == [second]
+    assert sel.scores == raw.scores and [r["relevance"] for r in sel.rows()] == sorted(sel.relevance.values())[::-1]
+    with pytest.raises(LabError, match="calibration made at t_switch 0, α 5"):
+        select(tiny_lab, "a cross", pool, t_switch=1, alpha=5.0, seeds=[0], top_k=1, calibration=flip)
+
+
+def test_auc_se_is_zero_when_every_resample_separates_and_near_hanley_mcneil_otherwise():
+    y = np.array([[True], [False]] * 20)
+    assert adaptive.auc_se(np.where(y, 1.0, 0.0), y) == 0.0
+    rng = np.random.default_rng(0)
+    y = rng.random((400, 1)) < 0.25
+    s = rng.normal(size=(400, 1)) + 1.2 * y
+    a, p, n = roc_auc(s, y), int(y.sum()), int((~y).sum())
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    hanley = np.sqrt((a * (1 - a) + (p - 1) * (q1 - a * a) + (n - 1) * (q2 - a * a)) / (p * n))
+    assert adaptive.auc_se(s, y) == pytest.approx(hanley, rel=0.25)

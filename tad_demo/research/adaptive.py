@@ -5,13 +5,16 @@
     sel.ranking, sel.chosen, sel.final_images          # most relevant first; the chosen ones; θ₀ + Σ λ τ_chosen
     table = auc_table(lab, t_switches=[0, 4, 8, 12, 16, 20], alphas=[0.5, 1, 2, 3, 4, 5])   # toy world, labelled
     table.auc(8, 2.0)                                   # ROC AUC of "1 − similarity" for "the prompt names it"
+    cal = calibrate(lab, pool, t_switch=10, alpha=2.0)  # each vector's usual movement on prompts naming none
+    select(..., calibration=cal); table.auc(8, 2.0, calibration=cal)   # rank by (1 − s) / that movement
     trade = tradeoff(lab, table, t_switch=8, alpha=2.0) # target / control accuracy: all vectors vs selected ones
 
 The recipe (paper eq. 10–12), for a prompt, its seeds and a pool τ₁ … τ_N:
   1. run the base θ₀ from the seeds' initial latents to step ``t_switch`` — the *prefix*, computed once;
   2. finish the base → X₀; from the same prefix latents finish each candidate θ₀ + α·τᵢ → Xᵢ;
   3. sᵢ = cos(CLIP(Xᵢ), CLIP(X₀)): a relevant vector moves the image, so a low sᵢ means relevant;
-  4. rank by sᵢ (ascending) and keep the top k and/or those with sᵢ < threshold;
+  4. rank by sᵢ (ascending) and keep the top k and/or those with sᵢ < threshold; with a calibration, rank by
+     (1 − sᵢ) / cᵢ, cᵢ = the mean of 1 − sᵢ over prompts that name no pool concept (:class:`Calibration`);
   5. generate the final images with only the chosen vectors, θ₀ + Σ λⱼ τⱼ (λ = +1 ablates).
 
 ``t_switch`` counts denoising steps done with the base: 0 switches before the first step, T never switches
@@ -55,6 +58,9 @@ DEFAULT_FRACS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)   # paper Table 2: t_switch ∈ {
 DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0)  # paper Table 3
 BATCH = 32                                       # rows per UNet batch: sampling.sample's default, for equality
 FULL = 0                                         # method key: candidates run to the end (the paper's method)
+# Smallest calibration scale. CLIP cosines of one image with itself differ from 1 by ~1e-7 in fp32; the smallest
+# usual movement measured on the toy world (checkered on neutral prompts, α = 1, T/2) is 4e-4.
+SCALE_FLOOR = 1e-4
 
 
 # --- the explicit denoising loop ---------------------------------------------------------------------------
@@ -264,7 +270,8 @@ def explore(lab: Lab, prompts: Sequence[str], seeds: Sequence[int], pool: Sequen
 @dataclass
 class Selection:
     """The ranking of a pool for one prompt and what it chose. ``similarity[v]``: per seed, cos(CLIP) of the
-    candidate to the base; ``scores[v]``: their mean (lower = more relevant); ``ranking``: most relevant first."""
+    candidate to the base; ``scores[v]``: their mean (lower = more relevant); ``relevance[v]``: with a calibration,
+    (1 − scores[v]) / its usual movement (higher = more relevant); ``ranking``: most relevant first."""
 
     prompts: list[str]
     seeds: list[int]
@@ -283,11 +290,12 @@ class Selection:
     final_images: list[Any]
     counts: dict[str, int]
     seconds: float
+    relevance: dict[str, float] = field(default_factory=dict)  # empty: ranked by similarity (no calibration)
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per vector, ranked (what ranking.csv holds)."""
         return [{"rank": i + 1, "vector": v, "similarity": self.scores[v], "chosen": v in self.chosen,
-                 "lambda": self.lambdas.get(v, 0.0),
+                 "lambda": self.lambdas.get(v, 0.0), **({"relevance": self.relevance[v]} if self.relevance else {}),
                  **{f"similarity_seed{s}": x for s, x in zip(self.seeds, self.similarity[v])}}
                 for i, v in enumerate(self.ranking)]
 
@@ -300,13 +308,18 @@ class Selection:
 def select(lab: Lab, prompt: str | Sequence[str], pool: Sequence[str], *, t_switch: int, alpha: float,
            seeds: Sequence[int], top_k: int | None = None, threshold: float | None = None,
            lambdas: float | Mapping[str, float] = 1.0, lookahead: int | None = None,
+           calibration: Calibration | None = None,
            on_step: Callable[[int, int], None] | None = None) -> Selection:
     """Rank ``pool`` for ``prompt`` by how far each θ₀ + α·τ (from step ``t_switch`` of ``lab.steps``) moves the
     image, choose the top ``top_k`` and/or those with mean similarity < ``threshold`` (both: both must hold), and
     generate the final images with the chosen vectors at ``lambdas`` (λ = +1 ablates). ``lookahead=m`` scores
     candidates by their predicted x₀ after m steps instead of finishing them (cheaper; see auc_table).
+    ``calibration`` (made at the same t_switch, α and method) ranks by relevance, (1 − s) / the vector's usual
+    movement, instead of by s; ``threshold`` still reads the mean similarity.
     ``on_step(done, total)`` runs after every denoising step (UNet call); raising from it stops the selection
     with the weights restored (the app's Cancel)."""
+    import numpy as np
+
     t0 = time.time()
     # 0. check everything before any model work
     pool = _check_pool(lab, pool)
@@ -330,6 +343,8 @@ def select(lab: Lab, prompt: str | Sequence[str], pool: Sequence[str], *, t_swit
     if missing:
         raise LabError(f"lambdas: no λ for {', '.join(missing)}")
     check_lambdas(list(lam.values()), "lambdas")
+    if calibration is not None:
+        calibration.check(pool, t_switch, alpha, method)
 
     # 1–3. base once, candidates from the shared prefix, CLIP similarity to the base
     T = lab.steps
@@ -340,8 +355,10 @@ def select(lab: Lab, prompt: str | Sequence[str], pool: Sequence[str], *, t_swit
     sims = br.sims[(t_switch, alpha, method)]
     similarity = {v: [float(x) for x in sims[:, j]] for j, v in enumerate(pool)}
     score = {v: float(sims[:, j].mean()) for j, v in enumerate(pool)}
-    # 4. rank (ties keep pool order) and choose
-    ranking = sorted(pool, key=lambda v: score[v])
+    # 4. rank (ties keep pool order) and choose: by similarity, or by calibrated relevance
+    relevance = {} if calibration is None else dict(zip(pool, calibration.relevance(
+        np.array([[score[v] for v in pool]]), pool)[0].tolist()))
+    ranking = sorted(pool, key=lambda v: -relevance[v] if relevance else score[v])
     chosen = ranking[:top_k] if top_k is not None else list(ranking)
     if threshold is not None:
         chosen = [v for v in chosen if score[v] < threshold]
@@ -353,7 +370,7 @@ def select(lab: Lab, prompt: str | Sequence[str], pool: Sequence[str], *, t_swit
     imgs = br.images[(t_switch, alpha, method)]
     return Selection(prompts, seeds, pool, lab.steps, t_switch, alpha, lookahead, similarity, score, ranking, chosen,
                      {v: lam[v] for v in chosen}, br.base_images, {v: imgs[j] for j, v in enumerate(pool)}, final,
-                     br.counter.as_dict(), time.time() - t0)
+                     br.counter.as_dict(), time.time() - t0, relevance)
 
 
 # --- ROC AUC (Mann–Whitney U with ties) -------------------------------------------------------------------
@@ -378,6 +395,24 @@ def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def auc_se(scores: Any, labels: Any, n_boot: int = 1000, seed: int = 0) -> float:
+    """Standard error of :func:`roc_auc` over prompts: the standard deviation of the AUC over ``n_boot`` resamples
+    of the rows (prompts) with replacement. A prompt's scores for its vectors share one picture, so rows, not
+    single scores, are the independent draws. Resamples without a positive or a negative are redrawn."""
+    import numpy as np
+
+    s, y = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    if s.ndim != 2 or s.shape != y.shape:
+        raise ValueError(f"scores {s.shape} and labels {y.shape}: give one row per prompt")
+    rng = np.random.default_rng(seed)
+    aucs: list[float] = []
+    while len(aucs) < n_boot:
+        rows = rng.integers(0, len(s), len(s))
+        if 0 < y[rows].sum() < y[rows].size:
+            aucs.append(roc_auc(s[rows], y[rows]))
+    return float(np.std(aucs, ddof=1))
+
+
 # --- the labelled experiment (toy world) ------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -390,12 +425,18 @@ class Probe:
     control: str | None = None
 
 
-def world_probes(world: World, pool: Sequence[str], n: int, seed: int = 0) -> list[Probe]:
-    """``n`` prompts of a world, cycling through four kinds: target object + target style, target object + plain
-    style, control object + target style, control object + plain style (targets from ``pool`` in turn, in a
+KINDS = (("target", "target"), ("target", "plain"), ("control", "target"), ("control", "plain"))  # (object, style)
+NEUTRAL = (("control", "plain"),)  # prompts that name no pool concept: what a calibration is measured on
+
+
+def world_probes(world: World, pool: Sequence[str], n: int, seed: int = 0,
+                 kinds: Sequence[tuple[str, str]] = KINDS) -> list[Probe]:
+    """``n`` prompts of a world, cycling through ``kinds`` of (object, style), by default four: target object +
+    target style, target object + plain style, control object + target style, control object + plain style
+    (``NEUTRAL``: the last alone, prompts that name no pool concept). Targets come from ``pool`` in turn, in a
     seeded order, so that every vector is named about equally often — drawn at random, 48 prompts once named
     no smiley at all; controls from the world's control concepts, "plain" = the anchor of its style concepts;
-    other words and templates random, seeded). A vector is relevant iff the prompt names its concept."""
+    other words and templates random, seeded. A vector is relevant iff the prompt names its concept."""
     concepts = {c.name: c for c in world.concepts}
     objs = [c for c in pool if c in concepts and concepts[c].kind == "object"]
     stys = [c for c in pool if c in concepts and concepts[c].kind == "style"]
@@ -403,14 +444,15 @@ def world_probes(world: World, pool: Sequence[str], n: int, seed: int = 0) -> li
         raise LabError(f"pool {list(pool)} has no toy-world target concept")
     plain = next((c.anchor for c in world.concepts if c.kind == "style"), "plain")
     controls = list(world.control_concepts)
-    kinds = [(o, s) for o, s in (("target", "target"), ("target", "plain"), ("control", "target"),
-                                 ("control", "plain")) if (o != "target" or objs) and (s != "target" or stys)]
+    drawable = [(o, s) for o, s in kinds if (o != "target" or objs) and (s != "target" or stys)]
+    if not drawable:
+        raise LabError(f"pool {list(pool)}: none of the prompt kinds {list(kinds)} can be drawn")
     rng = random.Random(f"adaptive-{seed}")
     next_obj = itertools.cycle(rng.sample(objs, len(objs)))
     next_sty = itertools.cycle(rng.sample(stys, len(stys)))
     probes = []
     for i in range(n):
-        o_kind, s_kind = kinds[i % len(kinds)]
+        o_kind, s_kind = drawable[i % len(drawable)]
         obj = next(next_obj) if o_kind == "target" else rng.choice(controls)
         sty = next(next_sty) if s_kind == "target" else plain
         words = world.sample_words(rng, object=obj, style=sty)
@@ -418,6 +460,60 @@ def world_probes(world: World, pool: Sequence[str], n: int, seed: int = 0) -> li
         probes.append(Probe(prompt, seed * 10_000 + i, frozenset({obj, sty} & set(pool)),
                             obj if obj in controls else None))
     return probes
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Each vector's usual movement at one (t_switch, α, method): ``scale[v]`` = the mean of 1 − s over prompts
+    that name no pool concept. Raw similarities do not compare across vectors: on the toy world an object vector
+    moves a neutral picture ~10× as far as a style vector does (it redraws shapes near its anchor; a style vector
+    finds no style to change), so a top-k by s picks object vectors for style prompts. ``relevance`` =
+    (1 − s) / scale: how many times its usual distance this prompt moves the vector's picture. Within one vector
+    the order is unchanged (its own AUC too); across vectors it is what a per-prompt top-k compares."""
+
+    pool: tuple[str, ...]
+    t_switch: int
+    alpha: float
+    method: int
+    scale: Mapping[str, float]
+    n_prompts: int
+
+    @classmethod
+    def from_table(cls, table: AucTable, t_switch: int, alpha: float, method: int = FULL) -> Calibration:
+        """The calibration of a table's neutral rows (its prompts that name no pool vector)."""
+        import numpy as np
+
+        sims = table.branches.sims.get((t_switch, float(alpha), method))
+        if sims is None:
+            raise LabError(f"(t_switch={t_switch}, alpha={alpha}, {_method_name(method)}) is not in the table")
+        neutral = np.array([not p.relevant for p in table.probes])
+        if not neutral.any():
+            raise LabError("calibration: no prompt of the table names none of the pool (give neutral prompts)")
+        scale = (1.0 - sims[neutral]).mean(0)
+        return cls(tuple(table.pool), t_switch, float(alpha), method,
+                   {v: float(x) for v, x in zip(table.pool, scale)}, int(neutral.sum()))
+
+    def check(self, pool: Sequence[str], t_switch: int, alpha: float, method: int) -> None:
+        """Refuse a calibration made for other vectors or another (t_switch, α, method): its scales differ."""
+        missing = [v for v in pool if v not in self.scale]
+        if missing:
+            raise LabError(f"calibration: no scale for {', '.join(missing)} (calibrated {', '.join(self.pool)})")
+        if (self.t_switch, self.alpha, self.method) != (t_switch, float(alpha), method):
+            raise LabError(f"calibration made at t_switch {self.t_switch}, α {self.alpha:g}, "
+                           f"{_method_name(self.method)}; used at t_switch {t_switch}, α {alpha:g}, "
+                           f"{_method_name(method)}")
+
+    def relevance(self, sims: Any, pool: Sequence[str]) -> Any:
+        """(1 − s) / scale for a rows × ``pool`` array of similarities (scales below ``SCALE_FLOOR`` count as it)."""
+        import numpy as np
+
+        scale = np.array([max(self.scale[v], SCALE_FLOOR) for v in pool])
+        return (1.0 - np.asarray(sims, np.float64)) / scale
+
+
+def neutral_probes(world: World, pool: Sequence[str], n: int, seed: int) -> list[Probe]:
+    """``n`` world prompts that name no pool concept (control object, plain style): a calibration's prompts."""
+    return world_probes(world, pool, n, seed, kinds=NEUTRAL)
 
 
 @dataclass
@@ -437,8 +533,22 @@ class AucTable:
 
         return np.array([[v in p.relevant for v in self.pool] for p in self.probes])
 
-    def auc(self, t_switch: int, alpha: float, method: int = FULL) -> float:
-        return roc_auc(1.0 - self.branches.sims[(t_switch, alpha, method)], self.labels())
+    def relevance(self, t_switch: int, alpha: float, method: int = FULL,
+                  calibration: Calibration | None = None) -> Any:
+        """Rows × pool: 1 − s (the paper's score), or (1 − s) / scale with a calibration; higher = more relevant."""
+        sims = self.branches.sims[(t_switch, alpha, method)]
+        if calibration is None:
+            return 1.0 - sims
+        calibration.check(self.pool, t_switch, alpha, method)
+        return calibration.relevance(sims, self.pool)
+
+    def auc(self, t_switch: int, alpha: float, method: int = FULL, calibration: Calibration | None = None) -> float:
+        return roc_auc(self.relevance(t_switch, alpha, method, calibration), self.labels())
+
+    def auc_se(self, t_switch: int, alpha: float, method: int = FULL,
+               calibration: Calibration | None = None) -> float:
+        """Bootstrap standard error of :meth:`auc` over the table's prompts (the calibration held fixed)."""
+        return auc_se(self.relevance(t_switch, alpha, method, calibration), self.labels())
 
     def vector_aucs(self, t_switch: int, alpha: float, method: int = FULL) -> dict[str, float]:
         """Each vector's own AUC (its column of similarities alone), for the vectors that some prompts name and
@@ -446,16 +556,20 @@ class AucTable:
         y, sims = self.labels(), self.branches.sims[(t_switch, alpha, method)]
         return {v: roc_auc(1.0 - sims[:, j], y[:, j]) for j, v in enumerate(self.pool) if 0 < y[:, j].sum() < len(y)}
 
-    def rows(self) -> list[dict[str, Any]]:
-        """One row per (method, t_switch, α): what auc.csv holds."""
+    def rows(self, calibrations: Mapping[tuple[int, float, int], Calibration] | None = None) -> list[dict[str, Any]]:
+        """One row per (method, t_switch, α): what auc.csv holds (with ``auc_calibrated`` where a calibration
+        of that cell is given)."""
         y = self.labels()
         out = []
         for m in self.methods:
             for k in self.switches:
                 for a in self.alphas:
                     s = self.branches.sims[(k, a, m)]
+                    cal = (calibrations or {}).get((k, a, m))
                     out.append({"method": _method_name(m), "steps": self.steps, "t_switch": k,
                                 "t_switch_frac": round(k / self.steps, 4), "alpha": a, "auc": self.auc(k, a, m),
+                                **({"auc_calibrated": self.auc(k, a, m, cal) if cal else math.nan}
+                                   if calibrations else {}),
                                 "sim_relevant": float(s[y].mean()), "sim_irrelevant": float(s[~y].mean()),
                                 "n_relevant": int(y.sum()), "n_irrelevant": int((~y).sum())})
         return out
@@ -485,6 +599,45 @@ def auc_table(lab: Lab, t_switches: Sequence[int], alphas: Sequence[float], *, p
     return AucTable(pool, lab.steps, probes, switches, alphas, methods, br)
 
 
+def calibrate(lab: Lab, pool: Sequence[str], *, t_switch: int, alpha: float, lookahead: int | None = None,
+              n_prompts: int = 16, seed: int = 2, prompts: Sequence[str] | None = None,
+              seeds: Sequence[int] | None = None) -> Calibration:
+    """Each pool vector's usual movement at (t_switch, α, lookahead), measured on ``prompts`` that name none of
+    the pool (one per seed), or on ``n_prompts`` neutral world prompts (control object, plain style; probe seeds
+    ``seed``·10 000 + i, apart from auc_table's and the trade-off's when the seeds differ). Costs what an AUC
+    table of that many prompts costs at one (t_switch, α)."""
+    cals = calibrations(lab, pool, t_switches=[t_switch], alphas=[alpha],
+                        lookaheads=[] if lookahead is None else [lookahead], n_prompts=n_prompts, seed=seed,
+                        prompts=prompts, seeds=seeds)
+    m = _check_lookahead(lookahead)
+    return next(c for (_, _, method), c in cals.items() if method == m)
+
+
+def calibrations(lab: Lab, pool: Sequence[str], *, t_switches: Sequence[int], alphas: Sequence[float],
+                 lookaheads: Sequence[int] = (), n_prompts: int = 16, seed: int = 2,
+                 prompts: Sequence[str] | None = None,
+                 seeds: Sequence[int] | None = None) -> dict[tuple[int, float, int], Calibration]:
+    """:func:`calibrate` for every (t_switch, α, method) of an AUC grid, from one run over the neutral prompts."""
+    pool = _check_pool(lab, pool)
+    switches = sorted({_check_switch(k, lab.steps) for k in t_switches})
+    alphas = sorted(set(check_lambdas(alphas, "alphas")))
+    methods = [FULL, *sorted({_check_lookahead(m) for m in lookaheads} - {FULL})]
+    if prompts is None:
+        if lab.world is None:
+            raise LabError("calibrate: give prompts that name none of the pool (no world to draw them from)")
+        if n_prompts < 1:
+            raise LabError(f"n_prompts: {n_prompts} < 1")
+        probes = neutral_probes(lab.world, pool, n_prompts, seed)
+    else:
+        seeds = list(range(len(prompts))) if seeds is None else [int(x) for x in seeds]
+        if not prompts or len(seeds) != len(prompts):
+            raise LabError(f"calibrate: {len(prompts)} prompts and {len(seeds)} seeds (give one seed per prompt)")
+        probes = [Probe(str(t), x, frozenset()) for t, x in zip(prompts, seeds)]
+    br = explore(lab, [p.prompt for p in probes], [p.seed for p in probes], pool, switches, alphas, methods)
+    table = AucTable(pool, lab.steps, probes, switches, alphas, methods, br)
+    return {key: Calibration.from_table(table, *key) for key in br.sims}
+
+
 # --- the trade-off against plain addition (paper Fig. 6) --------------------------------------------------
 
 @dataclass
@@ -502,9 +655,11 @@ class Tradeoff:
 
 
 def tradeoff(lab: Lab, table: AucTable, *, t_switch: int, alpha: float, method: int = FULL,
-             top_ks: Sequence[int] = (1, 2), thresholds: Sequence[float] = (), lam: float = 1.0) -> Tradeoff:
+             top_ks: Sequence[int] = (1, 2), thresholds: Sequence[float] = (), lam: float = 1.0,
+             calibration: Calibration | None = None) -> Tradeoff:
     """Generate the table's prompts with: the base; all pool vectors added (λ = ``lam`` each); the top-k
-    / below-threshold vectors of each prompt's ranking at (t_switch, α); and the oracle (exactly the named ones).
+    / below-threshold vectors of each prompt's ranking at (t_switch, α) (top-k by calibrated relevance when a
+    ``calibration`` is given; thresholds read the similarity); and the oracle (exactly the named ones).
     Toy world only (it needs the anchors and the control objects)."""
     import numpy as np
 
@@ -518,8 +673,9 @@ def tradeoff(lab: Lab, table: AucTable, *, t_switch: int, alpha: float, method: 
     sims, pool, probes = table.branches.sims[key], table.pool, table.probes
     ways: dict[str, list[frozenset[str]]] = {"base": [frozenset()] * len(probes),
                                              "all vectors": [frozenset(pool)] * len(probes)}
+    rel = table.relevance(t_switch, float(alpha), method, calibration)
     for k in top_ks:
-        ways[f"adaptive top-{k}"] = [frozenset(pool[j] for j in np.argsort(s, kind="stable")[:k]) for s in sims]
+        ways[f"adaptive top-{k}"] = [frozenset(pool[j] for j in np.argsort(-r, kind="stable")[:k]) for r in rel]
     for thr in thresholds:
         ways[f"adaptive s<{thr:g}"] = [frozenset(v for v, x in zip(pool, s) if x < thr) for s in sims]
     ways["oracle (named only)"] = [p.relevant for p in probes]
@@ -559,8 +715,8 @@ def tradeoff(lab: Lab, table: AucTable, *, t_switch: int, alpha: float, method: 
                      "target_accuracy_style": _mean(hits["style"]), "control_accuracy": _mean(ctrl),
                      "control_accuracy_unnamed": _mean(ctrl_plain),
                      "mean_vectors": float(np.mean(n_vec)), "n_targets": len(both), "n_control": len(ctrl)})
-    return Tradeoff(t_switch, float(alpha), method, rows, time.time() - t0, table.auc(t_switch, alpha, method),
-                    len(probes))
+    return Tradeoff(t_switch, float(alpha), method, rows, time.time() - t0,
+                    table.auc(t_switch, float(alpha), method, calibration), len(probes))
 
 
 # --- files ---------------------------------------------------------------------------------------------------
@@ -581,7 +737,8 @@ def save_selection(sel: Selection, out: str | Path) -> dict[str, str]:
     return {"ranking": str(out / "ranking.csv"), "strip": str(out / "strip.png")}
 
 
-def save_auc(table: AucTable, out: str | Path) -> dict[str, str]:
+def save_auc(table: AucTable, out: str | Path,
+             calibrations: Mapping[tuple[int, float, int], Calibration] | None = None) -> dict[str, str]:
     """``auc.csv``, ``auc.png`` (heatmap per method), ``probes.csv`` and ``similarities.csv`` (every score: to
     recompute an AUC or try a threshold)."""
     import numpy as np
@@ -591,7 +748,7 @@ def save_auc(table: AucTable, out: str | Path) -> dict[str, str]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"auc": out / "auc.csv", "heatmap": out / "auc.png", "probes": out / "probes.csv"}
-    _write_csv(files["auc"], table.rows())
+    _write_csv(files["auc"], table.rows(calibrations))
     _write_csv(files["probes"], [{"prompt": p.prompt, "seed": p.seed, "relevant": " ".join(sorted(p.relevant)),
                                   "control": p.control or ""} for p in table.probes])
     files["similarities"] = out / "similarities.csv"  # every score, to recompute AUCs or try thresholds
@@ -749,6 +906,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threshold", type=float, help="choose vectors with mean similarity below this")
     p.add_argument("--lambda", dest="lam", type=float, default=1.0, help="λ of each chosen vector (default 1)")
     p.add_argument("--lookahead", type=int, help="score candidates by predicted x0 after this many steps")
+    p.add_argument("--calibrate", type=int, default=0, metavar="N",
+                   help="rank by (1 − s) / each vector's usual movement, measured on N world prompts that name no "
+                   "pool concept (drawn with --prompt-seed + 2); 0 (default): by similarity, as the paper")
     p.add_argument("--steps", type=int, help="denoising steps T (default: world.json's)")
     p.add_argument("--assets", help="toy world folder (default assets/toyworld)")
     g = p.add_argument_group("--auc (toy world)")
@@ -774,16 +934,20 @@ def register(subparsers: Any) -> None:
 def cmd_adaptive(args: Any) -> dict[str, Any]:
     if args.steps is not None and args.steps < 1:
         raise LabError(f"--steps: {args.steps} < 1")
+    if args.calibrate < 0:
+        raise LabError(f"--calibrate: {args.calibrate} < 0 (neutral prompts; 0 = no calibration)")
     try:
         lab = Lab.from_world(args.assets, **({"steps": args.steps} if args.steps else {}))
         if args.auc:
             return _cmd_auc(lab, args)
         if not args.prompt:
             raise LabError("give --prompt (or --auc for the AUC table)")
-        sel = select(lab, args.prompt, args.pool or list(lab.concepts),
-                     t_switch=lab.steps // 2 if args.t_switch is None else args.t_switch, alpha=args.alpha,
-                     seeds=args.seeds, top_k=args.top_k, threshold=args.threshold, lambdas=args.lam,
-                     lookahead=args.lookahead)
+        pool = args.pool or list(lab.concepts)
+        k = lab.steps // 2 if args.t_switch is None else args.t_switch
+        cal = calibrate(lab, pool, t_switch=k, alpha=args.alpha, lookahead=args.lookahead, n_prompts=args.calibrate,
+                        seed=args.prompt_seed + 2) if args.calibrate else None
+        sel = select(lab, args.prompt, pool, t_switch=k, alpha=args.alpha, seeds=args.seeds, top_k=args.top_k,
+                     threshold=args.threshold, lambdas=args.lam, lookahead=args.lookahead, calibration=cal)
         return {"mode": "select", **sel.summary(), "files": save_selection(sel, args.out)}
     except (ModelError, ClipUnavailable) as e:
         raise SystemExit(f"error: {e}") from None
@@ -796,10 +960,13 @@ def _cmd_auc(lab: Lab, args: Any) -> dict[str, Any]:
                            "files": {}, "seconds": {}}
     if not args.tradeoff_only:
         # 1. the AUC grid: t_switch × α × method on n_prompts labelled prompts
-        table = auc_table(lab, fracs_to_steps(args.t_switch_fracs, lab.steps), args.alphas, pool=pool,
-                          n_prompts=args.n_prompts, seed=args.prompt_seed, lookaheads=args.lookaheads)
-        res["files"].update(save_auc(table, args.out))  # written now: the trade-off may take as long again
-        res.update(n_prompts=len(table.probes), auc=table.rows(), counts=table.branches.counter.as_dict())
+        switches = fracs_to_steps(args.t_switch_fracs, lab.steps)
+        table = auc_table(lab, switches, args.alphas, pool=pool, n_prompts=args.n_prompts, seed=args.prompt_seed,
+                          lookaheads=args.lookaheads)
+        cals = calibrations(lab, pool, t_switches=switches, alphas=args.alphas, lookaheads=args.lookaheads,
+                            n_prompts=args.calibrate, seed=args.prompt_seed + 2) if args.calibrate else None
+        res["files"].update(save_auc(table, args.out, cals))  # written now: the trade-off may take as long again
+        res.update(n_prompts=len(table.probes), auc=table.rows(cals), counts=table.branches.counter.as_dict())
         res["seconds"]["auc"] = table.branches.seconds
     if not args.no_tradeoff:
         # 2. the trade-off at one point, on its own (fresh, larger) set of prompts
@@ -807,10 +974,13 @@ def _cmd_auc(lab: Lab, args: Any) -> dict[str, Any]:
         t1 = time.time()
         ttable = auc_table(lab, [k], [args.tradeoff_alpha], pool=pool, n_prompts=args.tradeoff_prompts,
                            seed=args.prompt_seed + 1, lookaheads=())
+        cal = calibrate(lab, pool, t_switch=k, alpha=args.tradeoff_alpha, n_prompts=args.calibrate,
+                        seed=args.prompt_seed + 2) if args.calibrate else None
         trade = tradeoff(lab, ttable, t_switch=k, alpha=args.tradeoff_alpha, top_ks=args.top_ks,
-                         thresholds=args.thresholds)
+                         thresholds=args.thresholds, calibration=cal)
         res["files"].update(save_tradeoff(trade, ttable, args.out))
         res["tradeoff"] = {"t_switch": k, "alpha": trade.alpha, "auc": trade.auc, "n_prompts": trade.n_probes,
+                           "calibrated": cal is not None,
                            "prompt_seed": args.prompt_seed + 1, "rows": trade.rows}
         res["seconds"]["tradeoff"] = time.time() - t1
     res["seconds"]["total"] = time.time() - t0
@@ -819,8 +989,10 @@ def _cmd_auc(lab: Lab, args: Any) -> dict[str, Any]:
 
 def print_adaptive(res: dict[str, Any]) -> None:
     if res["mode"] == "select":
-        print(text_table(["rank", "vector", "similarity", "chosen"],
-                     [[r["rank"], r["vector"], r["similarity"], "yes" if r["chosen"] else ""] for r in res["ranking"]]))
+        rel = "relevance" in res["ranking"][0]
+        print(text_table(["rank", "vector", "similarity", *(["relevance"] if rel else []), "chosen"],
+                         [[r["rank"], r["vector"], r["similarity"], *([r["relevance"]] if rel else []),
+                           "yes" if r["chosen"] else ""] for r in res["ranking"]]))
         print(f"\nchosen: {', '.join(res['chosen']) or 'none'}; t_switch {res['t_switch']}/{res['steps']}, "
               f"α {res['alpha']:g}; {res['counts']['unet_calls']} UNet calls, {res['seconds']:.1f} s")
     else:
@@ -828,15 +1000,19 @@ def print_adaptive(res: dict[str, Any]) -> None:
             rows = [r for r in res["auc"] if r["method"] == m]
             alphas = list(dict.fromkeys(r["alpha"] for r in rows))
             ks = list(dict.fromkeys(r["t_switch"] for r in rows))
-            cell = {(r["t_switch"], r["alpha"]): r["auc"] for r in rows}
-            print(f"ROC AUC, {m} (rows t_switch of {res['steps']}, columns α)")
-            print(text_table(["t_switch", *(f"α={a:g}" for a in alphas)], [[k, *(cell[k, a] for a in alphas)]
-                                                                        for k in ks]))
-            print()
+            for col in ("auc", "auc_calibrated"):
+                if col not in rows[0]:
+                    continue
+                cell = {(r["t_switch"], r["alpha"]): r[col] for r in rows}
+                print(f"ROC AUC{', calibrated' if col != 'auc' else ''}, {m} (rows t_switch of {res['steps']}, "
+                      "columns α)")
+                print(text_table(["t_switch", *(f"α={a:g}" for a in alphas)], [[k, *(cell[k, a] for a in alphas)]
+                                                                            for k in ks]))
+                print()
         if res["tradeoff"]:
             t = res["tradeoff"]
             print(f"trade-off: {t['n_prompts']} prompts, selection at t_switch {t['t_switch']}/{res['steps']}, "
-                  f"α {t['alpha']:g} (AUC there {t['auc']:.3f})")
+                  f"α {t['alpha']:g}{', calibrated ranking' if t['calibrated'] else ''} (AUC there {t['auc']:.3f})")
             print(text_table(["way", "target acc", "object", "style", "control acc", "no target named", "vectors"],
                          [[r["way"], r["target_accuracy"], r["target_accuracy_object"], r["target_accuracy_style"],
                            r["control_accuracy"], r["control_accuracy_unnamed"], r["mean_vectors"]]

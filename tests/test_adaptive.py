@@ -247,29 +247,33 @@ def test_vector_aucs_score_each_column_alone_and_skip_vectors_never_named():
 # --- calibration: each vector's usual movement ----------------------------------------------------------------
 
 def _hand_table() -> adaptive.AucTable:
-    """Vector a moves every picture far (1 − s ≈ 0.2 on neutral prompts), b barely (≈ 0.01). Each is named once:
-    a moves its picture 0.4 (2× its usual), b 0.05 (5×)."""
+    """Vector a moves every picture far (1 − s ≈ 0.2 on neutral prompts; once it redraws one, 0.9), b barely
+    (≈ 0.01). Each is named once: a moves its picture 0.4 (2× its usual), b 0.05 (5×)."""
     probes = [Probe("p0", 0, frozenset({"a"})), Probe("p1", 1, frozenset({"b"})),
-              Probe("p2", 2, frozenset()), Probe("p3", 3, frozenset())]
+              Probe("p2", 2, frozenset()), Probe("p3", 3, frozenset()), Probe("p4", 4, frozenset())]
     d = np.array([[0.40, 0.010],
                   [0.20, 0.050],
                   [0.18, 0.008],
-                  [0.22, 0.012]])
+                  [0.20, 0.012],
+                  [0.90, 0.010]])
     branches = adaptive.Branches(["a", "b"], 20, [], sims={(10, 1.0, FULL): 1.0 - d})
     return adaptive.AucTable(["a", "b"], 20, probes, [10], [1.0], [FULL], branches)
 
 
-def test_calibration_divides_by_the_mean_movement_on_neutral_prompts():
+def test_calibration_divides_by_the_median_movement_on_neutral_prompts():
     table = _hand_table()
     cal = adaptive.Calibration.from_table(table, 10, 1.0)
-    assert cal.n_prompts == 2 and cal.scale == pytest.approx({"a": 0.20, "b": 0.010})  # rows p2, p3 only
+    assert cal.n_prompts == 3 and cal.scale == pytest.approx({"a": 0.20, "b": 0.010})  # rows p2–p4; mean a 0.43
     rel = table.relevance(10, 1.0, calibration=cal)
-    assert rel[:, 0] == pytest.approx([2.0, 1.0, 0.9, 1.1]) and rel[:, 1] == pytest.approx([1.0, 5.0, 0.8, 1.2])
-    # raw: the positive 0.40 beats all six negatives, 0.05 only b's three -> 9/12; calibrated: 2 and 5 beat all
-    assert table.auc(10, 1.0) == pytest.approx(9 / 12)
-    assert table.auc(10, 1.0, calibration=cal) == 1.0
-    assert table.vector_aucs(10, 1.0) == {"a": 1.0, "b": 1.0}  # within a vector nothing changes
-    assert [r["auc_calibrated"] for r in table.rows({(10, 1.0, FULL): cal})] == [1.0]
+    assert rel[:, 0] == pytest.approx([2.0, 1.0, 0.9, 1.0, 4.5]) and rel[:, 1] == pytest.approx([1, 5, .8, 1.2, 1])
+    # raw: the positive 0.40 beats seven of eight negatives (not 0.9), 0.05 only b's four -> 11/16;
+    # calibrated: 2 beats all but a's 4.5, 5 beats all eight -> 15/16
+    assert table.auc(10, 1.0) == pytest.approx(11 / 16)
+    assert table.auc(10, 1.0, calibration=cal) == pytest.approx(15 / 16)
+    assert table.vector_aucs(10, 1.0) == {"a": 0.75, "b": 1.0}  # a's redrawn neutral picture outranks p0
+    y = table.labels()  # within a vector, calibration changes nothing
+    assert [roc_auc(rel[:, j], y[:, j]) for j in range(2)] == [0.75, 1.0]
+    assert [r["auc_calibrated"] for r in table.rows({(10, 1.0, FULL): cal})] == pytest.approx([15 / 16])
 
 
 def test_calibration_refuses_other_vectors_or_settings_and_tables_without_neutral_prompts():

@@ -89,6 +89,7 @@ def test_bad_values_are_refused_in_one_line(research):
     _refused(research.adaptive, "α: 0 must be > 0", **{**adaptive, "alpha": 0})
     _refused(research.adaptive, "seeds: give 1 to 4", **{**adaptive, "seeds": "1,2,3,4,5"})
     _refused(research.adaptive, "prompt: write a prompt", **{**adaptive, "prompt": "  "})
+    _refused(research.adaptive, "calibration prompts: 33 is outside 0..32", **{**adaptive, "calibration": 33})
     # the base: one the grid offers; its own concepts, whose checkpoints are here; a GPU model needs a GPU
     _refused(research.sweep, "base: unknown base model 'sd-xl'; known: toyworld, sd-v1-4, sd-v1-5",
              **{**sweep, "base": "sd-xl"})
@@ -187,6 +188,21 @@ def test_adaptive_gives_a_ranking_and_the_strip(research):
     strip = _image(out["strip"])
     assert strip.height > 200  # two seed rows
     assert Path(out["csv"]).is_file()
+
+
+def test_adaptive_calibrated_ranks_by_relevance_and_measures_the_calibration_once(research):
+    stages = []
+    args = dict(prompt="a smiley in striped style", pool=["smiley", "striped"], t_switch=0, alpha=5.0, top_k=1,
+                seeds="0", steps=2, calibration=2)
+    out = research.adaptive(**args, progress=lambda stage, i, n: stages.append(stage))
+    assert out["table"]["headers"][5] == "relevance (× usual)" and "Ranked by relevance" in out["status"]
+    rel = [r[5] for r in out["table"]["data"]]
+    assert rel == sorted(rel, reverse=True) and rel[0] > 0  # ranked by it, and the vectors moved the pictures
+    n_cal = sum(st.startswith("calibration:") for st in stages)
+    assert n_cal == 2 + 2 * 2  # UNet calls: 2 neutral prompts in one batch, base 2 steps + 2 candidates × 2
+    stages.clear()
+    again = research.adaptive(**args, progress=lambda stage, i, n: stages.append(stage))
+    assert not any(st.startswith("calibration:") for st in stages) and again["table"]["data"] == out["table"]["data"]
 
 
 def test_cancel_stops_between_stages_and_restores_the_weights(research):

@@ -52,6 +52,7 @@ MAX_LAMBDAS = int(APP["max_lambdas"].default)        # λ values of one sweep
 MAX_PROMPTS = int(APP["max_prompts"].default)        # prompts (images) per concept and λ / run
 CPU_MAX_STEPS = int(APP["cpu_max_steps"].default)    # denoising steps on a CPU (max_steps applies on a GPU)
 MAX_ALPHA = float(APP["max_alpha"].default)          # candidate strength of adaptive selection (the paper's largest α)
+MAX_CALIBRATION = int(APP["max_calibration"].default)  # neutral prompts of adaptive selection's calibration
 MAX_EXPRESSION = int(APP["max_expression"].default)  # characters of an analogy expression
 MAX_PROMPT = int(APP["max_prompt"].default)          # characters of the adaptive prompt
 BUDGET = int(APP["budget"].default)  # image-steps per run: 640 toy-world images at 20 steps, ≈ 6 min on 2 CPU cores
@@ -60,7 +61,7 @@ MULTI_HEADERS = ["method", "N", "ablated", "target acc ↓", "control acc ↑", 
                  "‖merged τ‖"]
 VECTOR_HEADERS = ["vector", "tensors", "params", "norm", "sparsity"]
 PAIR_HEADERS = ["pair", "cosine", "angle °", "sign agreement"]  # + the layers over the run's angle threshold
-ADAPTIVE_HEADERS = ["rank", "vector", "similarity (mean)", "chosen", "λ"]  # + one similarity column per seed
+ADAPTIVE_HEADERS = ["rank", "vector", "similarity (mean)", "chosen", "λ"]  # + relevance, one similarity per seed
 # The tables' columns before a first run (a run's table names its concepts, threshold and seeds).
 EMPTY_TABLES = {"sweep": ["λ", "acc (target, anchor, controls)", "score (target, anchor, controls)"],
                 "multi": MULTI_HEADERS, "vectors": VECTOR_HEADERS,
@@ -94,6 +95,8 @@ class ResearchService:
         self.out_root = self.settings.work_dir / "research"
         self.choices = service.choices  # the bases the grid offers, their concepts, defaults and CLIP
         self.cpu = str(getattr(self.models, "device", "cpu")).startswith("cpu")
+        # adaptive selection's calibrations, by (base, pool, steps, t_switch, α, prompts): measured once per process
+        self.calibrations: dict[tuple, Any] = {}
         self.max_steps = min(self.settings.max_steps, CPU_MAX_STEPS) if self.cpu else self.settings.max_steps
         try:  # Hugging Face ZeroGPU: a GPU for the duration of each heavy call (see Service.__init__)
             import spaces
@@ -120,7 +123,8 @@ class ResearchService:
             "methods": [(m.name, m.name) for m in METHODS.values()],
             "limits": {"max_lambdas": MAX_LAMBDAS, "max_lambda": self.settings.max_lambda, "max_prompts": MAX_PROMPTS,
                        "max_steps": self.max_steps, "cpu": self.max_steps < self.settings.max_steps,
-                       "max_alpha": MAX_ALPHA, "max_seeds": self.settings.max_seeds, "budget": BUDGET},
+                       "max_alpha": MAX_ALPHA, "max_calibration": MAX_CALIBRATION,
+                       "max_seeds": self.settings.max_seeds, "budget": BUDGET},
             **self.base_config(base),
         }
 
@@ -145,7 +149,7 @@ class ResearchService:
                          "prompt": d["template"].format(object=d["object"] or neutral["object"],
                                                         style=d["style"] or neutral["style"]),
                          "pool": names, "t_switch": steps // 2, "alpha": 2.0, "top_k": min(2, max(1, len(cs))),
-                         "seeds": "0"},
+                         "seeds": "0", "calibration": 0},
         }
 
     # --- the cancel flag of a session (the grid service's: one Cancel stops whatever the session runs) -------
@@ -283,11 +287,12 @@ class ResearchService:
                 "csv": str(files["pairs"]), "vectors_csv": str(files["vectors"]), "status": status}
 
     def adaptive(self, prompt: Any, pool: Any, t_switch: Any = None, alpha: Any = 2.0, top_k: Any = 2,
-                 seeds: Any = "0", steps: Any = None, base: Any = None, *, progress: ProgressFn | None = None,
-                 cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
+                 seeds: Any = "0", steps: Any = None, base: Any = None, calibration: Any = 0, *,
+                 progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Rank a pool of vectors for a prompt by how far each moves the image from a shared prefix; apply the
-        top k (research/adaptive.py, multi-concept paper §5)."""
-        from ..research.adaptive import save_selection, select
+        top k (research/adaptive.py, multi-concept paper §5). ``calibration`` > 0: rank by each vector's movement
+        over its usual one, measured on that many toy-world prompts that name none of the pool (kept per process)."""
+        from ..research.adaptive import Counter, calibrate, save_selection, select
 
         t0 = time.time()
         prompt = self._prompt(prompt)
@@ -300,25 +305,43 @@ class ResearchService:
             raise UserError(f"α: {alpha:g} must be > 0 (θ + α·τ ablates the candidate's concept)")
         top_k = parse_int(top_k, "top-k", 1, len(names))
         seed_list = parse_seeds(seeds, self.settings.max_seeds, self.settings.max_seed)
+        n_cal = parse_int(calibration, "calibration prompts", 0, MAX_CALIBRATION)
+        if n_cal and lab.world is None:
+            raise UserError(f"calibration prompts: {n_cal}, but base {base!r} has no toy world to draw prompts that "
+                            "name none of the pool from (use 0)")
         T, s, p = lab.steps, len(seed_list), len(names)
-        self._budget("adaptive", s * (T + p * (T - t_switch) + T), 1,
-                     f"{s} seed(s) × (base + {p} candidates from step {t_switch} + final)")
+        key = (base, tuple(names), T, t_switch, alpha, n_cal)
+        cal_steps = n_cal * (T + p * (T - t_switch)) if n_cal and key not in self.calibrations else 0
+        self._budget("adaptive", s * (T + p * (T - t_switch) + T) + cal_steps, 1,
+                     f"{s} seed(s) × (base + {p} candidates from step {t_switch} + final)"
+                     + (f" + calibration on {n_cal} prompts" if cal_steps else ""))
         with research_errors("adaptive"):
             report = self._reporter(progress, cancel, "loading the model")
             lab.pipe  # noqa: B018 - load before the long step so the progress bar says which stage runs
+            if cal_steps:
+                self.calibrations[key] = calibrate(
+                    lab, names, t_switch=t_switch, alpha=alpha, n_prompts=n_cal,
+                    counter=Counter(on_call=lambda c: report(
+                        f"calibration: {n_cal} prompts that name none of the pool, UNet call {c.calls}",
+                        c.image_steps, cal_steps)))
             sel = select(lab, prompt, names, t_switch=t_switch, alpha=alpha, seeds=seed_list, top_k=top_k,
+                         calibration=self.calibrations.get(key) if n_cal else None,
                          on_step=lambda i, n: report(f"base + {p} candidates from step {t_switch}, then the final "
                                                      f"images: denoising step {i}/{n}", i, n))
             report("saving", 1, 1)
             files = save_selection(sel, self._new_dir("adaptive"))
-        headers = [*ADAPTIVE_HEADERS, *(f"similarity seed {x}" for x in sel.seeds)]
+        rel = ["relevance (× usual)"] if sel.relevance else []
+        headers = [*ADAPTIVE_HEADERS, *rel, *(f"similarity seed {x}" for x in sel.seeds)]
         data = [[r["rank"], r["vector"], _r(r["similarity"]), "✓" if r["chosen"] else "",
-                 _r(r["lambda"], 2) if r["chosen"] else "–",
+                 _r(r["lambda"], 2) if r["chosen"] else "–", *([_r(r["relevance"], 2)] if rel else []),
                  *(_r(r[f"similarity_seed{x}"]) for x in sel.seeds)] for r in sel.rows()]
+        how = (f"Ranked by relevance: each vector's movement (1 − similarity) over its usual one on {n_cal} prompts "
+               "that name none of the pool." if n_cal else
+               "Lower similarity to the base image = the vector matters more for this prompt.")
         status = (f"**Adaptive selection** for “{prompt}”: chose {', '.join(sel.chosen) or 'none'} (top {top_k}); "
                   f"t_switch {t_switch}/{T}, α {alpha:g}, {s} seed(s), {sel.counts['unet_calls']} UNet calls, "
-                  f"{time.time() - t0:.1f} s.  \nLower similarity to the base image = the vector matters more for "
-                  "this prompt. Strip: base | each candidate θ + α·τ (ranked) | final with the chosen vectors (λ = 1).")
+                  f"{time.time() - t0:.1f} s.  \n{how} Strip: base | each candidate θ + α·τ (ranked) | final with "
+                  "the chosen vectors (λ = 1).")
         return {"table": {"headers": headers, "data": data}, "strip": files["strip"], "csv": files["ranking"],
                 "status": status}
 

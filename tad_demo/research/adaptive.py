@@ -14,7 +14,7 @@ The recipe (paper eq. 10–12), for a prompt, its seeds and a pool τ₁ … τ_
   2. finish the base → X₀; from the same prefix latents finish each candidate θ₀ + α·τᵢ → Xᵢ;
   3. sᵢ = cos(CLIP(Xᵢ), CLIP(X₀)): a relevant vector moves the image, so a low sᵢ means relevant;
   4. rank by sᵢ (ascending) and keep the top k and/or those with sᵢ < threshold; with a calibration, rank by
-     (1 − sᵢ) / cᵢ, cᵢ = the mean of 1 − sᵢ over prompts that name no pool concept (:class:`Calibration`);
+     (1 − sᵢ) / cᵢ, cᵢ = the median of 1 − sᵢ over prompts that name no pool concept (:class:`Calibration`);
   5. generate the final images with only the chosen vectors, θ₀ + Σ λⱼ τⱼ (λ = +1 ablates).
 
 ``t_switch`` counts denoising steps done with the base: 0 switches before the first step, T never switches
@@ -464,12 +464,14 @@ def world_probes(world: World, pool: Sequence[str], n: int, seed: int = 0,
 
 @dataclass(frozen=True)
 class Calibration:
-    """Each vector's usual movement at one (t_switch, α, method): ``scale[v]`` = the mean of 1 − s over prompts
+    """Each vector's usual movement at one (t_switch, α, method): ``scale[v]`` = the median of 1 − s over prompts
     that name no pool concept. Raw similarities do not compare across vectors: on the toy world an object vector
     moves a neutral picture ~10× as far as a style vector does (it redraws shapes near its anchor; a style vector
     finds no style to change), so a top-k by s picks object vectors for style prompts. ``relevance`` =
     (1 − s) / scale: how many times its usual distance this prompt moves the vector's picture. Within one vector
-    the order is unchanged (its own AUC too); across vectors it is what a per-prompt top-k compares."""
+    the order is unchanged (its own AUC too); across vectors it is what a per-prompt top-k compares. The median,
+    not the mean: now and then a vector redraws a neutral picture (1 − s ≈ 0.2 where it is usually ≈ 0.005), and
+    two such pictures in 32 triple a mean."""
 
     pool: tuple[str, ...]
     t_switch: int
@@ -489,7 +491,7 @@ class Calibration:
         neutral = np.array([not p.relevant for p in table.probes])
         if not neutral.any():
             raise LabError("calibration: no prompt of the table names none of the pool (give neutral prompts)")
-        scale = (1.0 - sims[neutral]).mean(0)
+        scale = np.median(1.0 - sims[neutral], axis=0)
         return cls(tuple(table.pool), t_switch, float(alpha), method,
                    {v: float(x) for v, x in zip(table.pool, scale)}, int(neutral.sum()))
 
@@ -601,23 +603,24 @@ def auc_table(lab: Lab, t_switches: Sequence[int], alphas: Sequence[float], *, p
 
 def calibrate(lab: Lab, pool: Sequence[str], *, t_switch: int, alpha: float, lookahead: int | None = None,
               n_prompts: int = 16, seed: int = 2, prompts: Sequence[str] | None = None,
-              seeds: Sequence[int] | None = None) -> Calibration:
+              seeds: Sequence[int] | None = None, counter: Counter | None = None) -> Calibration:
     """Each pool vector's usual movement at (t_switch, α, lookahead), measured on ``prompts`` that name none of
     the pool (one per seed), or on ``n_prompts`` neutral world prompts (control object, plain style; probe seeds
     ``seed``·10 000 + i, apart from auc_table's and the trade-off's when the seeds differ). Costs what an AUC
     table of that many prompts costs at one (t_switch, α)."""
     cals = calibrations(lab, pool, t_switches=[t_switch], alphas=[alpha],
                         lookaheads=[] if lookahead is None else [lookahead], n_prompts=n_prompts, seed=seed,
-                        prompts=prompts, seeds=seeds)
+                        prompts=prompts, seeds=seeds, counter=counter)
     m = _check_lookahead(lookahead)
     return next(c for (_, _, method), c in cals.items() if method == m)
 
 
 def calibrations(lab: Lab, pool: Sequence[str], *, t_switches: Sequence[int], alphas: Sequence[float],
                  lookaheads: Sequence[int] = (), n_prompts: int = 16, seed: int = 2,
-                 prompts: Sequence[str] | None = None,
-                 seeds: Sequence[int] | None = None) -> dict[tuple[int, float, int], Calibration]:
-    """:func:`calibrate` for every (t_switch, α, method) of an AUC grid, from one run over the neutral prompts."""
+                 prompts: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+                 counter: Counter | None = None) -> dict[tuple[int, float, int], Calibration]:
+    """:func:`calibrate` for every (t_switch, α, method) of an AUC grid, from one run over the neutral prompts
+    (``counter``: its ``on_call`` sees every UNet call, and may raise to stop the run)."""
     pool = _check_pool(lab, pool)
     switches = sorted({_check_switch(k, lab.steps) for k in t_switches})
     alphas = sorted(set(check_lambdas(alphas, "alphas")))
@@ -633,7 +636,8 @@ def calibrations(lab: Lab, pool: Sequence[str], *, t_switches: Sequence[int], al
         if not prompts or len(seeds) != len(prompts):
             raise LabError(f"calibrate: {len(prompts)} prompts and {len(seeds)} seeds (give one seed per prompt)")
         probes = [Probe(str(t), x, frozenset()) for t, x in zip(prompts, seeds)]
-    br = explore(lab, [p.prompt for p in probes], [p.seed for p in probes], pool, switches, alphas, methods)
+    br = explore(lab, [p.prompt for p in probes], [p.seed for p in probes], pool, switches, alphas, methods,
+                 counter=counter)
     table = AucTable(pool, lab.steps, probes, switches, alphas, methods, br)
     return {key: Calibration.from_table(table, *key) for key in br.sims}
 

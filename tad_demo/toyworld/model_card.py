@@ -134,12 +134,12 @@ def render(res: dict, command: str) -> str:
     lines += ["", f"**g. Adaptive selection**: ROC AUC for \"the prompt names this vector's concept\", switch at "
               f"step {a['t_switch']} of {a['steps']}, {a['prompts']} labelled prompts (± bootstrap SE over "
               "prompts). Ranked by 1 − similarity (the paper's score) and by calibrated relevance, (1 − similarity) "
-              f"/ the vector's mean 1 − similarity on {a['calibration_prompts']} other prompts that name no target "
+              f"/ the vector's median 1 − similarity on {a['calibration_prompts']} other prompts that name no target "
               "(bar ≥ 0.90, on the calibrated ranking):", "",
               "| α | 1 − similarity | calibrated |", "|---|---|---|"]
     for k in a["auc"]:
         lines.append(f"| {k} | {_pm(a['auc'][k], 3)} | {_pm(a['auc_calibrated'][k], 3)} |")
-    lines += ["", "Usual movement (mean 1 − similarity on the neutral prompts) at α = 1: "
+    lines += ["", "Usual movement (median 1 − similarity on the neutral prompts) at α = 1: "
               + ", ".join(f"{v} {x:.4f}" for v, x in a["scale"]["1.0"].items()) + ". Each vector's own AUC at "
               "α = 1 (its similarities alone, which calibration leaves as they are): "
               + ", ".join(f"{v} {x:.3f}" for v, x in a["auc_per_vector_alpha1"].items()) + "."]

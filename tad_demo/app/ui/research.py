@@ -66,11 +66,11 @@ class ResearchHandlers:
                 out["vectors_csv"])
 
     def adaptive(self, prompt: str, pool: list[str], t_switch: float = 10, alpha: float = 2.0, top_k: float = 2,
-                 seeds: str = "0", steps: float | None = None, base: str | None = None, request: gr.Request = None,
-                 progress=gr.Progress()) -> tuple:  # noqa: B008
+                 seeds: str = "0", steps: float | None = None, base: str | None = None, calibration: float = 0,
+                 request: gr.Request = None, progress=gr.Progress()) -> tuple:  # noqa: B008
         """Rank the pool's vectors for a prompt (shared base prefix, CLIP similarity) and apply the top k."""
         out = self._run(self.r.adaptive, request, progress, prompt=prompt, pool=pool, t_switch=t_switch,
-                        alpha=alpha, top_k=top_k, seeds=seeds, steps=steps, base=base)
+                        alpha=alpha, top_k=top_k, seeds=seeds, steps=steps, base=base, calibration=calibration)
         return out["status"], out["strip"], out["table"], out["csv"]
 
     def cancel(self, request: gr.Request = None) -> str:
@@ -280,6 +280,10 @@ def _adaptive(cfg: dict[str, Any], h: ResearchHandlers, base: gr.Dropdown, gpu: 
                               info="the k most relevant vectors are applied (λ = 1)")
             seeds = gr.Textbox(d["seeds"], label=f"Seeds (1–{lim['max_seeds']}, comma-separated)",
                                info="one strip row each; similarities are averaged over them")
+            calibration = gr.Slider(0, lim["max_calibration"], value=d["calibration"], step=1,
+                                    label="Calibration prompts (toy world)",
+                                    info="0: rank by similarity (the paper). N: rank by each vector's movement over "
+                                         "its usual one on N prompts that name none of the pool (measured once)")
         with gr.Column(scale=5, min_width=600):
             status = gr.Markdown("Write a prompt, pick the pool, then **Run selection**.", elem_classes="tad-status",
                                  elem_id="adaptive-status")
@@ -288,6 +292,6 @@ def _adaptive(cfg: dict[str, Any], h: ResearchHandlers, base: gr.Dropdown, gpu: 
             table = _table("Ranking (lower similarity to the base = more relevant)", "adaptive-table",
                            cfg["tables"]["adaptive"])
             csv = _download("Ranking CSV")
-    _wire(h, run, stop, h.adaptive, [prompt, pool, t_switch, alpha, top_k, seeds, steps, base],
+    _wire(h, run, stop, h.adaptive, [prompt, pool, t_switch, alpha, top_k, seeds, steps, base, calibration],
           [status, strip, table, csv], "adaptive", [strip], gpu)
     return {"prompt": prompt, "pool": pool, "t_switch": t_switch, "adaptive_steps": steps, "top_k": top_k}

@@ -148,7 +148,9 @@ class ResearchService:
                          "expression": _default_expression(objs, stys),
                          "prompt": d["template"].format(object=d["object"] or neutral["object"],
                                                         style=d["style"] or neutral["style"]),
-                         "pool": names, "t_switch": steps // 2, "alpha": 2.0, "top_k": min(2, max(1, len(cs))),
+                         # α: the paper's best on SD is 2 (its Table 3); the toy world's is 1 (model card, table g)
+                         "pool": names, "t_switch": steps // 2, "alpha": 1.0 if base == TOY else 2.0,
+                         "top_k": min(2, max(1, len(cs))),
                          "seeds": "0", "calibration": 0},
         }
 

@@ -731,12 +731,16 @@ def save_selection(sel: Selection, out: str | Path) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     rows = sel.rows()
     _write_csv(out / "ranking.csv", rows)
-    cols = [("base", sel.base_images)] + [(f"{v}\ns={sel.scores[v]:.3f}{' ✓' if v in sel.chosen else ''}",
-                                           sel.candidate_images[v]) for v in sel.ranking]
+    rel = {v: f" r={x:.1f}" for v, x in sel.relevance.items()}
+    cols = [("base", sel.base_images)] + [
+        (f"{v}\ns={sel.scores[v]:.3f}{rel.get(v, '')}{' ✓' if v in sel.chosen else ''}", sel.candidate_images[v])
+        for v in sel.ranking]
     cols.append(("final\n" + ("+".join(sel.chosen) or "none"), sel.final_images))
     what = f"lookahead {sel.lookahead}" if sel.lookahead else "full"
+    how = ("highest relevance first (r = (1 − s) / the vector's usual 1 − s)" if sel.relevance else
+           "lowest CLIP similarity to the base first")
     title = (f"{sel.prompts[0]!r}: t_switch {sel.t_switch}/{sel.steps}, α {sel.alpha:g}, {what}\n"
-             "candidates ranked: lowest CLIP similarity to the base first (s), ✓ chosen")
+             f"candidates ranked: {how}; s = similarity to the base, ✓ chosen")
     _strip(out / "strip.png", cols, [f"seed {s}" for s in sel.seeds], title)
     return {"ranking": str(out / "ranking.csv"), "strip": str(out / "strip.png")}
 

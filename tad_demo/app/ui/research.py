@@ -289,7 +289,8 @@ def _adaptive(cfg: dict[str, Any], h: ResearchHandlers, base: gr.Dropdown, gpu: 
                                  elem_id="adaptive-status")
             strip = gr.Image(label="base | candidates, most relevant first | final", elem_id="adaptive-strip",
                              height=320, **IMAGE)
-            table = _table("Ranking (lower similarity to the base = more relevant)", "adaptive-table",
+            table = _table("Ranking, most relevant first (lowest similarity to the base; calibrated: highest "
+                           "relevance)", "adaptive-table",
                            cfg["tables"]["adaptive"])
             csv = _download("Ranking CSV")
     _wire(h, run, stop, h.adaptive, [prompt, pool, t_switch, alpha, top_k, seeds, steps, base, calibration],

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from app_world import build_tiny_world, free_port
 from PIL import Image
 
@@ -203,6 +204,15 @@ def test_adaptive_calibrated_ranks_by_relevance_and_measures_the_calibration_onc
     stages.clear()
     again = research.adaptive(**args, progress=lambda stage, i, n: stages.append(stage))
     assert not any(st.startswith("calibration:") for st in stages) and again["table"]["data"] == out["table"]["data"]
+    # Cancel inside a calibration: the weights come back, and no half-measured calibration is kept
+    unet = research.models.pipe.unet
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    stages.clear()
+    with pytest.raises(RunCancelled, match="cancelled"):
+        research.adaptive(**{**args, "calibration": 3}, progress=lambda stage, i, n: stages.append(stage),
+                          cancel=lambda: sum(st.startswith("calibration:") for st in stages) >= 3)
+    assert all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
+    assert [key[-1] for key in research.calibrations] == [2]  # only the finished calibration (2 prompts) is kept
 
 
 def test_cancel_stops_between_stages_and_restores_the_weights(research):

@@ -5,8 +5,9 @@
     sel.ranking, sel.chosen, sel.final_images          # most relevant first; the chosen ones; θ₀ + Σ λ τ_chosen
     table = auc_table(lab, t_switches=[0, 4, 8, 12, 16, 20], alphas=[0.5, 1, 2, 3, 4, 5])   # toy world, labelled
     table.auc(8, 2.0)                                   # ROC AUC of "1 − similarity" for "the prompt names it"
-    cal = calibrate(lab, pool, t_switch=10, alpha=2.0)  # each vector's usual movement on prompts naming none
-    select(..., calibration=cal); table.auc(8, 2.0, calibration=cal)   # rank by (1 − s) / that movement
+    cal = calibrate(lab, pool, t_switch=8, alpha=2.0)   # each vector's usual movement on prompts naming none
+    table.auc(8, 2.0, calibration=cal)                  # ranked by (1 − s) / that movement; select(...,
+                                                        # t_switch=8, alpha=2.0, calibration=cal) ranks so too
     trade = tradeoff(lab, table, t_switch=8, alpha=2.0) # target / control accuracy: all vectors vs selected ones
 
 The recipe (paper eq. 10–12), for a prompt, its seeds and a pool τ₁ … τ_N:

@@ -297,7 +297,7 @@ def test_calibrate_measures_what_select_measures_and_select_ranks_by_it(tiny_lab
     # a calibration that calls the first vector's movement usual and the second's rare turns the ranking round
     first, second = raw.ranking
     assert raw.scores[second] < 1 - 2e-4  # the second vector moves the picture (tiny world: α 5, t 0)
-    flip = adaptive.Calibration(tuple(pool), 0, 5.0, FULL, {first: 10.0, second: 1e-3}, 1)
+    flip = adaptive.Calibration(0, 5.0, FULL, {first: 10.0, second: 1e-3}, 1)
     sel = select(tiny_lab, "a cross", pool, t_switch=0, alpha=5.0, seeds=[0], top_k=1, calibration=flip)
     assert sel.ranking == [second, first] and sel.chosen == [second]
     assert sel.scores == raw.scores and [r["relevance"] for r in sel.rows()] == sorted(sel.relevance.values())[::-1]

@@ -474,11 +474,10 @@ class Calibration:
     not the mean: now and then a vector redraws a neutral picture (1 − s ≈ 0.2 where it is usually ≈ 0.005), and
     two such pictures in 32 triple a mean."""
 
-    pool: tuple[str, ...]
     t_switch: int
     alpha: float
     method: int
-    scale: Mapping[str, float]
+    scale: Mapping[str, float]  # vector -> its usual movement, for every vector calibrated
     n_prompts: int
 
     @classmethod
@@ -493,14 +492,14 @@ class Calibration:
         if not neutral.any():
             raise LabError("calibration: no prompt of the table names none of the pool (give neutral prompts)")
         scale = np.median(1.0 - sims[neutral], axis=0)
-        return cls(tuple(table.pool), t_switch, float(alpha), method,
-                   {v: float(x) for v, x in zip(table.pool, scale)}, int(neutral.sum()))
+        return cls(t_switch, float(alpha), method, {v: float(x) for v, x in zip(table.pool, scale)},
+                   int(neutral.sum()))
 
     def check(self, pool: Sequence[str], t_switch: int, alpha: float, method: int) -> None:
         """Refuse a calibration made for other vectors or another (t_switch, α, method): its scales differ."""
         missing = [v for v in pool if v not in self.scale]
         if missing:
-            raise LabError(f"calibration: no scale for {', '.join(missing)} (calibrated {', '.join(self.pool)})")
+            raise LabError(f"calibration: no scale for {', '.join(missing)} (calibrated {', '.join(self.scale)})")
         if (self.t_switch, self.alpha, self.method) != (t_switch, float(alpha), method):
             raise LabError(f"calibration made at t_switch {self.t_switch}, α {self.alpha:g}, "
                            f"{_method_name(self.method)}; used at t_switch {t_switch}, α {alpha:g}, "
@@ -585,9 +584,7 @@ def auc_table(lab: Lab, t_switches: Sequence[int], alphas: Sequence[float], *, p
     of ``lab.steps``) × α, over ``n_prompts`` labelled toy-world prompts (one seed each; or your ``probes``).
     The base runs once for all; each lookahead m adds a column at no UNet cost (scored on the way)."""
     pool = _check_pool(lab, pool or list(lab.concepts))
-    switches = sorted({_check_switch(k, lab.steps) for k in t_switches})
-    alphas = sorted(set(check_lambdas(alphas, "alphas")))
-    methods = [FULL, *sorted({_check_lookahead(m) for m in lookaheads})]
+    switches, alphas, methods = _grid(lab, t_switches, alphas, lookaheads)
     if probes is None:
         if lab.world is None:
             raise LabError("auc_table needs labelled prompts: pass probes=[Probe(prompt, seed, relevant)] for a "
@@ -623,9 +620,7 @@ def calibrations(lab: Lab, pool: Sequence[str], *, t_switches: Sequence[int], al
     """:func:`calibrate` for every (t_switch, α, method) of an AUC grid, from one run over the neutral prompts
     (``counter``: its ``on_call`` sees every UNet call, and may raise to stop the run)."""
     pool = _check_pool(lab, pool)
-    switches = sorted({_check_switch(k, lab.steps) for k in t_switches})
-    alphas = sorted(set(check_lambdas(alphas, "alphas")))
-    methods = [FULL, *sorted({_check_lookahead(m) for m in lookaheads} - {FULL})]
+    switches, alphas, methods = _grid(lab, t_switches, alphas, lookaheads)
     if prompts is None:
         if lab.world is None:
             raise LabError("calibrate: give prompts that name none of the pool (no world to draw them from)")
@@ -858,6 +853,14 @@ def _check_pool(lab: Lab, pool: Sequence[str]) -> list[str]:
     return pool
 
 
+def _grid(lab: Lab, t_switches: Sequence[int], alphas: Sequence[float],
+          lookaheads: Sequence[int]) -> tuple[list[int], list[float], list[int]]:
+    """An AUC grid's t_switches, α values and methods (the full one first), checked, sorted, each once."""
+    switches = sorted({_check_switch(k, lab.steps) for k in t_switches})
+    alpha_list = sorted(set(check_lambdas(alphas, "alphas")))
+    return switches, alpha_list, [FULL, *sorted({_check_lookahead(m) for m in lookaheads} - {FULL})]
+
+
 def _check_switch(k: Any, steps: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, float)) or k != int(k) or not 0 <= k <= steps:
         raise LabError(f"t_switch: {k!r} is not a step in 0..{steps} (steps done with the base model)")
@@ -967,15 +970,17 @@ def _cmd_auc(lab: Lab, args: Any) -> dict[str, Any]:
     pool = args.pool or list(lab.concepts)
     res: dict[str, Any] = {"mode": "auc", "steps": lab.steps, "pool": pool, "auc": [], "tradeoff": None,
                            "files": {}, "seconds": {}}
+    cals: dict[tuple[int, float, int], Calibration] = {}  # the grid's, reused by the trade-off where it has the cell
     if not args.tradeoff_only:
         # 1. the AUC grid: t_switch × α × method on n_prompts labelled prompts
         switches = fracs_to_steps(args.t_switch_fracs, lab.steps)
         table = auc_table(lab, switches, args.alphas, pool=pool, n_prompts=args.n_prompts, seed=args.prompt_seed,
                           lookaheads=args.lookaheads)
-        cals = calibrations(lab, pool, t_switches=switches, alphas=args.alphas, lookaheads=args.lookaheads,
-                            n_prompts=args.calibrate, seed=args.prompt_seed + 2) if args.calibrate else None
-        res["files"].update(save_auc(table, args.out, cals))  # written now: the trade-off may take as long again
-        res.update(n_prompts=len(table.probes), auc=table.rows(cals), counts=table.branches.counter.as_dict())
+        if args.calibrate:
+            cals = calibrations(lab, pool, t_switches=switches, alphas=args.alphas, lookaheads=args.lookaheads,
+                                n_prompts=args.calibrate, seed=args.prompt_seed + 2)
+        res["files"].update(save_auc(table, args.out, cals or None))  # now: the trade-off may take as long again
+        res.update(n_prompts=len(table.probes), auc=table.rows(cals or None), counts=table.branches.counter.as_dict())
         res["seconds"]["auc"] = table.branches.seconds
     if not args.no_tradeoff:
         # 2. the trade-off at one point, on its own (fresh, larger) set of prompts
@@ -983,8 +988,10 @@ def _cmd_auc(lab: Lab, args: Any) -> dict[str, Any]:
         t1 = time.time()
         ttable = auc_table(lab, [k], [args.tradeoff_alpha], pool=pool, n_prompts=args.tradeoff_prompts,
                            seed=args.prompt_seed + 1, lookaheads=())
-        cal = calibrate(lab, pool, t_switch=k, alpha=args.tradeoff_alpha, n_prompts=args.calibrate,
-                        seed=args.prompt_seed + 2) if args.calibrate else None
+        cal = None
+        if args.calibrate:
+            cal = cals.get((k, float(args.tradeoff_alpha), FULL)) or calibrate(
+                lab, pool, t_switch=k, alpha=args.tradeoff_alpha, n_prompts=args.calibrate, seed=args.prompt_seed + 2)
         trade = tradeoff(lab, ttable, t_switch=k, alpha=args.tradeoff_alpha, top_ks=args.top_ks,
                          thresholds=args.thresholds, calibration=cal)
         res["files"].update(save_tradeoff(trade, ttable, args.out))

@@ -120,7 +120,7 @@ def test_prefix_runs_once_and_weights_come_back_bit_exact(tiny_lab):
     after = _weights(tiny_lab)
     assert all(torch.equal(before[k_], after[k_]) for k_ in before) and tiny_lab.models.patcher.current == []
     assert sel.ranking[0] in sel.chosen and len(sel.chosen) == 1
-    assert sel.scores[sel.ranking[0]] <= sel.scores[sel.ranking[1]]
+    assert sel.scores[2.0][sel.ranking[0]] <= sel.scores[2.0][sel.ranking[1]]
     assert not _same(sel.final_images, sel.base_images)  # the chosen vector was applied
 
 
@@ -181,6 +181,13 @@ def test_cli_writes_ranking_and_strip(tiny_lab, tmp_path, capsys):
                  str(out)]) == 0
     assert "relevance" in capsys.readouterr().out and "relevance" in next(csv.DictReader(open(out / "ranking.csv")))
     assert main(["adaptive", "--assets", str(root), "--pool", "smiley", "--out", str(out)]) == 2  # no --prompt
+    two = ["adaptive", "--assets", str(root), "--prompt", "a smiley in striped style", "--pool", "smiley", "striped",
+           "--t-switch", "1", "--alpha", "1", "2", "--top-k", "1", "--steps", "2", "--out", str(out)]
+    assert main([*two, "--calibrate", "1"]) == 0
+    row = next(csv.DictReader(open(out / "ranking.csv")))
+    assert {"similarity_alpha1", "similarity_alpha2", "relevance"} <= set(row)
+    assert "α 1, 2" in capsys.readouterr().out
+    assert main(two) == 2 and "several strengths need a calibration" in capsys.readouterr().err
 
 
 def test_cli_auc_writes_table_heatmap_and_tradeoff(tiny_lab, tmp_path):
@@ -204,6 +211,13 @@ def test_cli_auc_writes_table_heatmap_and_tradeoff(tiny_lab, tmp_path):
     assert len(list(csv.DictReader(open(out / "tradeoff_probes.csv")))) == 4
     for f in ("auc.png", "tradeoff.png", "probes.csv", "similarities.csv"):
         assert (out / f).stat().st_size > 0
+    # the trade-off of the two-strength probe (--tradeoff-only: both α calibrated in one run of their own)
+    assert main(["adaptive", "--auc", "--tradeoff-only", "--assets", str(root), "--steps", "2", "--tradeoff-frac",
+                 "0.5", "--tradeoff-alpha", "1", "2", "--tradeoff-prompts", "4", "--top-ks", "1", "--calibrate", "2",
+                 "--out", str(out / "two")]) == 0
+    trade = list(csv.DictReader(open(out / "two" / "tradeoff.csv")))
+    assert {r["alpha"] for r in trade} == {"1 2"} and [float(r["mean_vectors"]) for r in trade][2] == 1.0
+    assert "sim_smiley_alpha2" in next(csv.DictReader(open(out / "two" / "tradeoff_probes.csv")))
 
 
 def test_probes_label_what_the_prompt_names():
@@ -293,16 +307,78 @@ def test_calibrate_measures_what_select_measures_and_select_ranks_by_it(tiny_lab
     pool = ["smiley", "striped"]
     raw = select(tiny_lab, "a cross", pool, t_switch=0, alpha=5.0, seeds=[0], top_k=1)
     cal = adaptive.calibrate(tiny_lab, pool, t_switch=0, alpha=5.0, prompts=["a cross"], seeds=[0])
-    assert cal.scale == pytest.approx({v: 1 - raw.similarity[v][0] for v in pool}, abs=1e-6)
+    assert cal.scale == pytest.approx({v: 1 - raw.similarity[5.0][v][0] for v in pool}, abs=1e-6)
     # a calibration that calls the first vector's movement usual and the second's rare turns the ranking round
     first, second = raw.ranking
-    assert raw.scores[second] < 1 - 2e-4  # the second vector moves the picture (tiny world: α 5, t 0)
+    assert raw.scores[5.0][second] < 1 - 2e-4  # the second vector moves the picture (tiny world: α 5, t 0)
     flip = adaptive.Calibration(0, 5.0, FULL, {first: 10.0, second: 1e-3}, 1)
     sel = select(tiny_lab, "a cross", pool, t_switch=0, alpha=5.0, seeds=[0], top_k=1, calibration=flip)
     assert sel.ranking == [second, first] and sel.chosen == [second]
     assert sel.scores == raw.scores and [r["relevance"] for r in sel.rows()] == sorted(sel.relevance.values())[::-1]
     with pytest.raises(LabError, match="calibration made at t_switch 0, α 5"):
         select(tiny_lab, "a cross", pool, t_switch=1, alpha=5.0, seeds=[0], top_k=1, calibration=flip)
+
+
+# --- probing at several strengths ------------------------------------------------------------------------------
+
+def _two_strength_table() -> adaptive.AucTable:
+    """_hand_table's similarities at α = 1, and at α = 2: a moves p0 0.6 and everything else 0.2 (3× its usual on
+    p0, no redrawn neutral picture), b moves everything 0.02 (its named prompt no more than the rest)."""
+    table = _hand_table()
+    d2 = np.array([[0.6, 0.02], [0.2, 0.02], [0.2, 0.02], [0.2, 0.02], [0.2, 0.02]])
+    table.branches.sims[(10, 2.0, FULL)] = 1.0 - d2
+    table.alphas = [1.0, 2.0]
+    return table
+
+
+def test_two_strengths_rank_by_the_larger_calibrated_relevance():
+    table = _two_strength_table()
+    cals = [adaptive.Calibration.from_table(table, 10, a) for a in (1.0, 2.0)]
+    assert cals[1].scale == pytest.approx({"a": 0.2, "b": 0.02})
+    rel = table.relevance(10, (1.0, 2.0), calibration=cals)
+    # α 1: a [2, 1, .9, 1, 4.5], b [1, 5, .8, 1.2, 1]; α 2: a [3, 1, 1, 1, 1], b all 1 -> the larger of each
+    assert rel[:, 0] == pytest.approx([3, 1, 1, 1, 4.5]) and rel[:, 1] == pytest.approx([1, 5, 1, 1.2, 1])
+    assert table.relevance(10, (2.0, 1.0), calibration=cals[::-1]) == pytest.approx(rel)  # order is immaterial
+    # a's 3 beats seven of eight negatives (not its 4.5), b's 5 all eight -> 15/16; each vector alone: 3/4 and 1
+    assert table.auc(10, (1.0, 2.0), calibration=cals) == pytest.approx(15 / 16)
+    assert table.vector_aucs(10, (1.0, 2.0), calibration=cals) == {"a": 0.75, "b": 1.0}
+    # α 2 alone: a's 3 beats all eight negatives (each 1); b's named prompt ties them all: (8 + 4) / 16
+    assert table.auc(10, 2.0, calibration=cals[1]) == pytest.approx(12 / 16)
+
+
+def test_two_strengths_need_a_calibration_of_each():
+    table = _two_strength_table()
+    cal1 = adaptive.Calibration.from_table(table, 10, 1.0)
+    with pytest.raises(LabError, match="several strengths need a calibration of each"):
+        table.relevance(10, (1.0, 2.0))
+    with pytest.raises(LabError, match="calibration: none made at α 2 .made at α 1."):
+        table.relevance(10, (1.0, 2.0), calibration=[cal1])
+    with pytest.raises(LabError, match="alpha: 1 is given twice"):
+        table.relevance(10, (1.0, 1.0), calibration=[cal1])
+    with pytest.raises(LabError, match="alpha=3, full .paper.. is not in the table"):
+        table.relevance(10, (1.0, 3.0), calibration=[cal1])
+
+
+def test_select_at_two_strengths_ranks_by_the_larger_relevance_of_the_single_runs(tiny_lab):
+    pool, kw = ["smiley", "striped"], dict(t_switch=0, seeds=[0], top_k=1)
+    singles = {a: select(tiny_lab, "a cross", pool, alpha=a, **kw) for a in (1.0, 5.0)}
+    # hand-made calibrations: at α 1 smiley's movement counts as usual, at α 5 striped's
+    cals = [adaptive.Calibration(0, 1.0, FULL, {"smiley": 1.0, "striped": 1e-3}, 1),
+            adaptive.Calibration(0, 5.0, FULL, {"smiley": 1e-3, "striped": 1.0}, 1)]
+    sel = select(tiny_lab, "a cross", pool, alpha=(1.0, 5.0), calibration=cals, **kw)
+    for a, one in singles.items():  # the same prefix, the same candidates
+        assert sel.scores[a] == pytest.approx(one.scores[a], abs=1e-6)
+    expect = {v: max((1 - singles[1.0].scores[1.0][v]) / cals[0].scale[v],
+                     (1 - singles[5.0].scores[5.0][v]) / cals[1].scale[v]) for v in pool}
+    assert sel.relevance == pytest.approx(expect, rel=1e-5)
+    assert sel.ranking == sorted(pool, key=lambda v: -expect[v]) and sel.chosen == sel.ranking[:1]
+    assert sel.counts["unet_calls"] == 4 + 2 * 2 * 4  # base T + N vectors × 2 α × (T − k)
+    row = sel.rows()[0]
+    assert {"similarity_alpha1", "similarity_alpha5", "similarity_alpha1_seed0", "relevance"} <= set(row)
+    with pytest.raises(LabError, match="threshold: it reads one similarity"):
+        select(tiny_lab, "a cross", pool, alpha=(1.0, 5.0), calibration=cals, threshold=0.5, t_switch=0, seeds=[0])
+    with pytest.raises(LabError, match="several strengths need a calibration of each"):
+        select(tiny_lab, "a cross", pool, alpha=(1.0, 5.0), **kw)
 
 
 def test_auc_se_is_zero_when_every_resample_separates_and_near_hanley_mcneil_otherwise():

@@ -91,6 +91,10 @@ def test_bad_values_are_refused_in_one_line(research):
     _refused(research.adaptive, "seeds: give 1 to 4", **{**adaptive, "seeds": "1,2,3,4,5"})
     _refused(research.adaptive, "prompt: write a prompt", **{**adaptive, "prompt": "  "})
     _refused(research.adaptive, "calibration prompts: 33 is outside 0..32", **{**adaptive, "calibration": 33})
+    _refused(research.adaptive, "α: 0.5, 2 are several strengths, which compare only calibrated",
+             **{**adaptive, "alpha": "0.5, 2"})
+    _refused(research.adaptive, "α: give 1 to 3 strengths", **{**adaptive, "alpha": "1, 2, 3, 4"})
+    _refused(research.adaptive, "α: 2 is given twice", **{**adaptive, "alpha": "2, 2", "calibration": 2})
     # the base: one the grid offers; its own concepts, whose checkpoints are here; a GPU model needs a GPU
     _refused(research.sweep, "base: unknown base model 'sd-xl'; known: toyworld, sd-v1-4, sd-v1-5",
              **{**sweep, "base": "sd-xl"})
@@ -120,6 +124,8 @@ def test_the_concept_pickers_follow_the_base(research):
     assert ("GPU" in sd["note"]) == research.cpu
     toy = dict(zip(FOLLOW_BASE, h.base_changed("toyworld")))
     assert [v for _, v in toy["pool"]["choices"]] == ["smiley", "striped"] and toy["note"] == ""
+    # adaptive: the toy world probes at two strengths, calibrated; a base without a world cannot calibrate
+    assert (toy["alpha"], toy["calibration"], sd["alpha"], sd["calibration"]) == ("0.5, 2", 16, "2", 0)
     with pytest.raises(gr.Error, match="base: unknown base model 'nope'"):
         h.base_changed("nope")
 
@@ -213,6 +219,26 @@ def test_adaptive_calibrated_ranks_by_relevance_and_measures_the_calibration_onc
                           cancel=lambda: sum(st.startswith("calibration:") for st in stages) >= 3)
     assert all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
     assert [key[-1] for key in research.calibrations] == [2]  # only the finished calibration (2 prompts) is kept
+
+
+def test_adaptive_at_two_strengths_ranks_by_the_larger_relevance_and_keeps_each_calibration(research):
+    args = dict(prompt="a smiley in striped style", pool=["smiley", "striped"], t_switch=0, top_k=1, seeds="0",
+                steps=2, calibration=2)
+    stages: list[str] = []
+    both = research.adaptive(**args, alpha="1, 4", progress=lambda stage, i, n: stages.append(stage))
+    # one calibration run for both α (neither measured before in this process): 2 neutral prompts in one batch,
+    # base 2 steps + 2 vectors × 2 α × 2 steps
+    assert sum(st.startswith("calibration:") for st in stages) == 2 + 2 * 2 * 2
+    headers = both["table"]["headers"]
+    assert headers[2:4] == ["similarity α 1", "similarity α 4"] and headers[-1] == "relevance (× usual)"
+    assert "the larger of its α" in both["status"] and "α 1, 4" in both["status"]
+    stages.clear()
+    singles = {a: research.adaptive(**args, alpha=a, progress=lambda stage, i, n: stages.append(stage))
+               for a in ("1", "4")}
+    assert not any(st.startswith("calibration:") for st in stages)  # each α's calibration was kept
+    rel = {r[1]: r[-1] for r in both["table"]["data"]}
+    one = {a: {r[1]: r[5] for r in out["table"]["data"]} for a, out in singles.items()}
+    assert rel == {v: max(one["1"][v], one["4"][v]) for v in rel} and min(rel.values()) > 0
 
 
 def test_cancel_stops_between_stages_and_restores_the_weights(research):

@@ -446,7 +446,9 @@ def test_evaluate_writes_the_model_card_tables_on_a_tiny_world(tmp_path):
     res = json.loads((tmp_path / "res.json").read_text())
     assert set(evaluate.SECTIONS) <= set(res)
     assert "| smiley → circle |" in card and "±" in card
-    assert "| α | 1 − similarity | calibrated |" in card and set(res["adaptive"]["auc_calibrated"]) == {"1.0", "2.0"}
+    assert "| α | 1 − similarity | calibrated |" in card
+    assert set(res["adaptive"]["auc_calibrated"]) == {"0.5", "1.0", "2.0"} and "| 0.5 and 2 (probe) | – |" in card
+    assert res["adaptive"]["probe"]["alphas"] == [0.5, 2.0] and "| own AUC, probe 0.5 and 2 |" in card
 
 
 def test_probe_prints_each_target_at_each_lambda_with_the_vector_applied(tmp_path, capsys):

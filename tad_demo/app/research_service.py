@@ -44,6 +44,7 @@ from .validation import (
     parse_line,
     parse_number,
     parse_seeds,
+    split_list,
 )
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ MAX_PROMPTS = int(APP["max_prompts"].default)        # prompts (images) per conc
 CPU_MAX_STEPS = int(APP["cpu_max_steps"].default)    # denoising steps on a CPU (max_steps applies on a GPU)
 MAX_ALPHA = float(APP["max_alpha"].default)          # candidate strength of adaptive selection (the paper's largest α)
 MAX_CALIBRATION = int(APP["max_calibration"].default)  # neutral prompts of adaptive selection's calibration
+MAX_STRENGTHS = int(APP["max_strengths"].default)    # probe strengths α of one adaptive selection
 MAX_EXPRESSION = int(APP["max_expression"].default)  # characters of an analogy expression
 MAX_PROMPT = int(APP["max_prompt"].default)          # characters of the adaptive prompt
 BUDGET = int(APP["budget"].default)  # image-steps per run: 640 toy-world images at 20 steps, ≈ 6 min on 2 CPU cores
@@ -62,6 +64,7 @@ MULTI_HEADERS = ["method", "N", "ablated", "target acc ↓", "control acc ↑", 
 VECTOR_HEADERS = ["vector", "tensors", "params", "norm", "sparsity"]
 PAIR_HEADERS = ["pair", "cosine", "angle °", "sign agreement"]  # + the layers over the run's angle threshold
 ADAPTIVE_HEADERS = ["rank", "vector", "similarity (mean)", "chosen", "λ"]  # + relevance, one similarity per seed
+# (with several α: one similarity column per α, no per-seed columns)
 # The tables' columns before a first run (a run's table names its concepts, threshold and seeds).
 EMPTY_TABLES = {"sweep": ["λ", "acc (target, anchor, controls)", "score (target, anchor, controls)"],
                 "multi": MULTI_HEADERS, "vectors": VECTOR_HEADERS,
@@ -123,7 +126,7 @@ class ResearchService:
             "methods": [(m.name, m.name) for m in METHODS.values()],
             "limits": {"max_lambdas": MAX_LAMBDAS, "max_lambda": self.settings.max_lambda, "max_prompts": MAX_PROMPTS,
                        "max_steps": self.max_steps, "cpu": self.max_steps < self.settings.max_steps,
-                       "max_alpha": MAX_ALPHA, "max_calibration": MAX_CALIBRATION,
+                       "max_alpha": MAX_ALPHA, "max_calibration": MAX_CALIBRATION, "max_strengths": MAX_STRENGTHS,
                        "max_seeds": self.settings.max_seeds, "budget": BUDGET},
             **self.base_config(base),
         }
@@ -148,10 +151,11 @@ class ResearchService:
                          "expression": _default_expression(objs, stys),
                          "prompt": d["template"].format(object=d["object"] or neutral["object"],
                                                         style=d["style"] or neutral["style"]),
-                         # α: the paper's best on SD is 2 (its Table 3); the toy world's is 1 (model card, table g)
-                         "pool": names, "t_switch": steps // 2, "alpha": 1.0 if base == TOY else 2.0,
+                         # α: the paper's best on SD is 2 (its Table 3); on the toy world the two-strength probe
+                         # 0.5 and 2, calibrated, ranks best (model card, table g); calibration needs a world
+                         "pool": names, "t_switch": steps // 2, "alpha": "0.5, 2" if base == TOY else "2",
                          "top_k": min(2, max(1, len(cs))),
-                         "seeds": "0", "calibration": 0},
+                         "seeds": "0", "calibration": 16 if base == TOY else 0},
         }
 
     # --- the cancel flag of a session (the grid service's: one Cancel stops whatever the session runs) -------
@@ -292,9 +296,11 @@ class ResearchService:
                  seeds: Any = "0", steps: Any = None, base: Any = None, calibration: Any = 0, *,
                  progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Rank a pool of vectors for a prompt by how far each moves the image from a shared prefix; apply the
-        top k (research/adaptive.py, multi-concept paper §5). ``calibration`` > 0: rank by each vector's movement
-        over its usual one, measured on that many toy-world prompts that name none of the pool (kept per process)."""
-        from ..research.adaptive import Counter, calibrate, save_selection, select
+        top k (research/adaptive.py, multi-concept paper §5). ``alpha``: one strength or several ("0.5, 2": each
+        vector is probed at each, ranked by its larger calibrated relevance). ``calibration`` > 0: rank by each
+        vector's movement over its usual one, measured on that many toy-world prompts that name none of the pool
+        (kept per process and α)."""
+        from ..research.adaptive import Counter, calibrations, save_selection, select
 
         t0 = time.time()
         prompt = self._prompt(prompt)
@@ -302,48 +308,48 @@ class ResearchService:
         names = self._concepts(pool, "pool", base)
         lab = self._lab(steps, base)
         t_switch = parse_int(lab.steps // 2 if t_switch is None else t_switch, "t_switch", 0, lab.steps)
-        alpha = parse_number(alpha, "α", 0.0, MAX_ALPHA, hint=" (α > 0 ablates; the paper uses 0.5 … 5)")
-        if alpha <= 0:
-            raise UserError(f"α: {alpha:g} must be > 0 (θ + α·τ ablates the candidate's concept)")
+        alphas = _parse_strengths(alpha)
         top_k = parse_int(top_k, "top-k", 1, len(names))
         seed_list = parse_seeds(seeds, self.settings.max_seeds, self.settings.max_seed)
         n_cal = parse_int(calibration, "calibration prompts", 0, MAX_CALIBRATION)
         if n_cal and lab.world is None:
             raise UserError(f"calibration prompts: {n_cal}, but base {base!r} has no toy world to draw prompts that "
                             "name none of the pool from (use 0)")
+        if len(alphas) > 1 and not n_cal:
+            raise UserError(f"α: {', '.join(f'{a:g}' for a in alphas)} are several strengths, which compare only "
+                            "calibrated: set calibration prompts > 0, or give one α")
         T, s, p = lab.steps, len(seed_list), len(names)
-        key = (base, tuple(names), T, t_switch, alpha, n_cal)
-        cal_steps = n_cal * (T + p * (T - t_switch)) if n_cal and key not in self.calibrations else 0
-        self._budget("adaptive", s * (T + p * (T - t_switch) + T) + cal_steps, 1,
-                     f"{s} seed(s) × (base + {p} candidates from step {t_switch} + final)"
+        keys = {a: (base, tuple(names), T, t_switch, a, n_cal) for a in alphas}
+        todo = [a for a in alphas if n_cal and keys[a] not in self.calibrations]
+        cal_steps = n_cal * (T + p * len(todo) * (T - t_switch)) if todo else 0
+        self._budget("adaptive", s * (T + p * len(alphas) * (T - t_switch) + T) + cal_steps, 1,
+                     f"{s} seed(s) × (base + {p} candidates × {len(alphas)} α from step {t_switch} + final)"
                      + (f" + calibration on {n_cal} prompts" if cal_steps else ""))
         with research_errors("adaptive"):
             report = self._reporter(progress, cancel, "loading the model")
             lab.pipe  # noqa: B018 - load before the long step so the progress bar says which stage runs
-            if cal_steps:
-                self.calibrations[key] = calibrate(
-                    lab, names, t_switch=t_switch, alpha=alpha, n_prompts=n_cal,
-                    counter=Counter(on_call=lambda c: report(
-                        f"calibration: {n_cal} prompts that name none of the pool, UNet call {c.calls}",
-                        c.image_steps, cal_steps)))
-            sel = select(lab, prompt, names, t_switch=t_switch, alpha=alpha, seeds=seed_list, top_k=top_k,
-                         calibration=self.calibrations.get(key) if n_cal else None,
+            if todo:
+                cals = calibrations(lab, names, t_switches=[t_switch], alphas=todo, n_prompts=n_cal,
+                                    counter=Counter(on_call=lambda c: report(
+                                        f"calibration: {n_cal} prompts that name none of the pool, UNet call "
+                                        f"{c.calls}", c.image_steps, cal_steps)))
+                self.calibrations.update({keys[c.alpha]: c for c in cals.values()})  # all or nothing (Cancel)
+            sel = select(lab, prompt, names, t_switch=t_switch, alpha=alphas, seeds=seed_list, top_k=top_k,
+                         calibration=[self.calibrations[keys[a]] for a in alphas] if n_cal else None,
                          on_step=lambda i, n: report(f"base + {p} candidates from step {t_switch}, then the final "
                                                      f"images: denoising step {i}/{n}", i, n))
             report("saving", 1, 1)
             files = save_selection(sel, self._new_dir("adaptive"))
-        rel = ["relevance (× usual)"] if sel.relevance else []
-        headers = [*ADAPTIVE_HEADERS, *rel, *(f"similarity seed {x}" for x in sel.seeds)]
-        data = [[r["rank"], r["vector"], _r(r["similarity"]), "✓" if r["chosen"] else "",
-                 _r(r["lambda"], 2) if r["chosen"] else "–", *([_r(r["relevance"], 2)] if rel else []),
-                 *(_r(r[f"similarity_seed{x}"]) for x in sel.seeds)] for r in sel.rows()]
+        headers, data = _ranking_table(sel.rows(), sel.alphas, sel.seeds)
+        several = len(alphas) > 1
         how = (f"Ranked by relevance: each vector's movement (1 − similarity) over its usual one on {n_cal} prompts "
-               "that name none of the pool." if n_cal else
+               "that name none of the pool" + (", the larger of its α." if several else ".") if n_cal else
                "Lower similarity to the base image = the vector matters more for this prompt.")
+        strength = ", ".join(f"{a:g}" for a in alphas)
         status = (f"**Adaptive selection** for “{prompt}”: chose {', '.join(sel.chosen) or 'none'} (top {top_k}); "
-                  f"t_switch {t_switch}/{T}, α {alpha:g}, {s} seed(s), {sel.counts['unet_calls']} UNet calls, "
-                  f"{time.time() - t0:.1f} s.  \n{how} Strip: base | each candidate θ + α·τ (ranked) | final with "
-                  "the chosen vectors (λ = 1).")
+                  f"t_switch {t_switch}/{T}, α {strength}, {s} seed(s), {sel.counts['unet_calls']} UNet calls, "
+                  f"{time.time() - t0:.1f} s.  \n{how} Strip: base | each candidate θ + α·τ (ranked"
+                  + (", each α" if several else "") + ") | final with the chosen vectors (λ = 1).")
         return {"table": {"headers": headers, "data": data}, "strip": files["strip"], "csv": files["ranking"],
                 "status": status}
 
@@ -463,3 +469,36 @@ def _default_expression(objs: Sequence[str], stys: Sequence[str]) -> str:
         return f"{objs[-1]} + {stys[0]} - {objs[0]}"
     names = [*objs, *stys]
     return " - ".join(names[:2]) if names else ""
+
+
+def _parse_strengths(value: Any) -> tuple[float, ...]:
+    """1 … MAX_STRENGTHS distinct probe strengths α in (0, MAX_ALPHA], from "0.5, 2", a number or a list."""
+    items = split_list(value) if isinstance(value, (str, list, tuple)) else [value]
+    if not 1 <= len(items) <= MAX_STRENGTHS:
+        raise UserError(f"α: give 1 to {MAX_STRENGTHS} strengths separated by commas, got {len(items)}")
+    out: list[float] = []
+    for x in items:
+        a = parse_number(x, "α", 0.0, MAX_ALPHA, hint=" (α > 0 ablates; the paper uses 0.5 … 5)")
+        if a <= 0:
+            raise UserError(f"α: {a:g} must be > 0 (θ + α·τ ablates the candidate's concept)")
+        if a in out:
+            raise UserError(f"α: {a:g} is given twice")
+        out.append(a)
+    return tuple(out)
+
+
+def _ranking_table(rows: list[dict[str, Any]], alphas: Sequence[float],
+                   seeds: Sequence[int]) -> tuple[list[str], list[list[Any]]]:
+    """The app's ranking table from Selection.rows(): one α shows its similarity per seed; several show the mean
+    similarity at each α (the CSV keeps every seed)."""
+    rel = ["relevance (× usual)"] if "relevance" in rows[0] else []
+    if len(alphas) == 1:
+        sims, seed_cols = ["similarity"], [f"similarity_seed{x}" for x in seeds]
+        headers = [*ADAPTIVE_HEADERS, *rel, *(f"similarity seed {x}" for x in seeds)]
+    else:
+        sims, seed_cols = [f"similarity_alpha{a:g}" for a in alphas], []
+        headers = ["rank", "vector", *(f"similarity α {a:g}" for a in alphas), "chosen", "λ", *rel]
+    data = [[r["rank"], r["vector"], *(_r(r[c]) for c in sims), "✓" if r["chosen"] else "",
+             _r(r["lambda"], 2) if r["chosen"] else "–", *([_r(r["relevance"], 2)] if rel else []),
+             *(_r(r[c]) for c in seed_cols)] for r in rows]
+    return headers, data

@@ -81,6 +81,7 @@ APP: dict[str, Cap] = {
     "cpu_max_steps": Cap(50, None, 1, HARD.steps, "denoising steps of a research view on a CPU"),
     "max_alpha": Cap(5.0, None, 0.0, HARD.lambda_, "candidate strength α of adaptive selection"),
     "max_calibration": Cap(32, None, 0, 10_000, "neutral prompts of adaptive selection's calibration"),
+    "max_strengths": Cap(3, None, 1, 8, "probe strengths α of one adaptive selection (each costs a candidate run)"),
     "budget": Cap(12_800, None, 1, 10**9, "image-steps (images × steps) of one research run"),
     "max_expression": Cap(200, None, 1, 10_000, "characters of an analogy expression"),
     "max_prompt": Cap(300, None, 1, 10_000, "characters of the adaptive view's prompt"),

@@ -8,6 +8,8 @@
     cal = calibrate(lab, pool, t_switch=8, alpha=2.0)   # each vector's usual movement on prompts naming none
     table.auc(8, 2.0, calibration=cal)                  # ranked by (1 − s) / that movement; select(...,
                                                         # t_switch=8, alpha=2.0, calibration=cal) ranks so too
+    cals = calibrations(lab, pool, t_switches=[8], alphas=[0.5, 2.0]).values()
+    select(lab, prompt, pool, t_switch=8, alpha=(0.5, 2.0), calibration=cals, seeds=[0], top_k=2)  # two strengths
     trade = tradeoff(lab, table, t_switch=8, alpha=2.0) # target / control accuracy: all vectors vs selected ones
 
 The recipe (paper eq. 10–12), for a prompt, its seeds and a pool τ₁ … τ_N:
@@ -16,6 +18,7 @@ The recipe (paper eq. 10–12), for a prompt, its seeds and a pool τ₁ … τ_
   3. sᵢ = cos(CLIP(Xᵢ), CLIP(X₀)): a relevant vector moves the image, so a low sᵢ means relevant;
   4. rank by sᵢ (ascending) and keep the top k and/or those with sᵢ < threshold; with a calibration, rank by
      (1 − sᵢ) / cᵢ, cᵢ = the median of 1 − sᵢ over prompts that name no pool concept (:class:`Calibration`);
+     probed at several strengths α (each calibrated), rank by the largest of a vector's relevances (:func:`strongest`);
   5. generate the final images with only the chosen vectors, θ₀ + Σ λⱼ τⱼ (λ = +1 ablates).
 
 ``t_switch`` counts denoising steps done with the base: 0 switches before the first step, T never switches
@@ -270,53 +273,63 @@ def explore(lab: Lab, prompts: Sequence[str], seeds: Sequence[int], pool: Sequen
 
 @dataclass
 class Selection:
-    """The ranking of a pool for one prompt and what it chose. ``similarity[v]``: per seed, cos(CLIP) of the
-    candidate to the base; ``scores[v]``: their mean (lower = more relevant); ``relevance[v]``: with a calibration,
-    (1 − scores[v]) / its usual movement (higher = more relevant); ``ranking``: most relevant first."""
+    """The ranking of a pool for one prompt and what it chose, per probe strength α in ``alphas``:
+    ``similarity[α][v]``: per seed, cos(CLIP) of the candidate to the base; ``scores[α][v]``: their mean (lower =
+    more relevant); ``candidate_images[α][v]``. ``relevance[v]``: with a calibration, (1 − scores) / the vector's
+    usual movement (several α: the :func:`strongest` of them; higher = more relevant); ``ranking``: most relevant
+    first."""
 
     prompts: list[str]
     seeds: list[int]
     pool: list[str]
     steps: int
     t_switch: int
-    alpha: float
+    alphas: tuple[float, ...]
     lookahead: int | None
-    similarity: dict[str, list[float]]
-    scores: dict[str, float]
+    similarity: dict[float, dict[str, list[float]]]
+    scores: dict[float, dict[str, float]]
     ranking: list[str]
     chosen: list[str]
     lambdas: dict[str, float]
     base_images: list[Any]
-    candidate_images: dict[str, list[Any]]
+    candidate_images: dict[float, dict[str, list[Any]]]
     final_images: list[Any]
     counts: dict[str, int]
     seconds: float
     relevance: dict[str, float] = field(default_factory=dict)  # empty: ranked by similarity (no calibration)
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per vector, ranked (what ranking.csv holds)."""
-        return [{"rank": i + 1, "vector": v, "similarity": self.scores[v], "chosen": v in self.chosen,
-                 "lambda": self.lambdas.get(v, 0.0), **({"relevance": self.relevance[v]} if self.relevance else {}),
-                 **{f"similarity_seed{s}": x for s, x in zip(self.seeds, self.similarity[v])}}
+        """One row per vector, ranked (what ranking.csv holds); with several α the similarity columns name theirs."""
+        def col(a: float, seed: int | None = None) -> str:
+            return ("similarity" + ("" if len(self.alphas) == 1 else f"_alpha{a:g}")
+                    + ("" if seed is None else f"_seed{seed}"))
+
+        return [{"rank": i + 1, "vector": v, **{col(a): self.scores[a][v] for a in self.alphas},
+                 "chosen": v in self.chosen, "lambda": self.lambdas.get(v, 0.0),
+                 **({"relevance": self.relevance[v]} if self.relevance else {}),
+                 **{col(a, s): x for a in self.alphas for s, x in zip(self.seeds, self.similarity[a][v])}}
                 for i, v in enumerate(self.ranking)]
 
     def summary(self) -> dict[str, Any]:
         return {"prompt": self.prompts[0] if len(set(self.prompts)) == 1 else self.prompts, "seeds": self.seeds,
-                "steps": self.steps, "t_switch": self.t_switch, "alpha": self.alpha, "lookahead": self.lookahead,
-                "ranking": self.rows(), "chosen": self.chosen, "counts": self.counts, "seconds": self.seconds}
+                "steps": self.steps, "t_switch": self.t_switch, "alpha": list(self.alphas),
+                "lookahead": self.lookahead, "ranking": self.rows(), "chosen": self.chosen, "counts": self.counts,
+                "seconds": self.seconds}
 
 
-def select(lab: Lab, prompt: str | Sequence[str], pool: Sequence[str], *, t_switch: int, alpha: float,
+def select(lab: Lab, prompt: str | Sequence[str], pool: Sequence[str], *, t_switch: int, alpha: Strengths,
            seeds: Sequence[int], top_k: int | None = None, threshold: float | None = None,
            lambdas: float | Mapping[str, float] = 1.0, lookahead: int | None = None,
-           calibration: Calibration | None = None,
+           calibration: Calibrations | None = None,
            on_step: Callable[[int, int], None] | None = None) -> Selection:
     """Rank ``pool`` for ``prompt`` by how far each θ₀ + α·τ (from step ``t_switch`` of ``lab.steps``) moves the
     image, choose the top ``top_k`` and/or those with mean similarity < ``threshold`` (both: both must hold), and
     generate the final images with the chosen vectors at ``lambdas`` (λ = +1 ablates). ``lookahead=m`` scores
     candidates by their predicted x₀ after m steps instead of finishing them (cheaper; see auc_table).
     ``calibration`` (made at the same t_switch, α and method) ranks by relevance, (1 − s) / the vector's usual
-    movement, instead of by s; ``threshold`` still reads the mean similarity.
+    movement, instead of by s; ``threshold`` still reads the mean similarity. Several strengths ``alpha=(0.5, 2)``
+    probe every vector at each (from the same prefix) and rank by the :func:`strongest` relevance; they need a
+    calibration of each strength, and choose by ``top_k`` (a threshold reads one similarity).
     ``on_step(done, total)`` runs after every denoising step (UNet call); raising from it stops the selection
     with the weights restored (the app's Cancel)."""
     import numpy as np
@@ -331,47 +344,49 @@ def select(lab: Lab, prompt: str | Sequence[str], pool: Sequence[str], *, t_swit
     if len(prompts) != len(seeds) or not all(isinstance(p, str) and p.strip() for p in prompts):
         raise LabError(f"prompt: give one non-empty prompt, or one per seed ({len(seeds)} seeds)")
     t_switch = _check_switch(t_switch, lab.steps)
-    alpha = check_lambdas([alpha], "alpha")[0]
+    alphas = strengths(alpha)
     if top_k is None and threshold is None:
         raise LabError("give top_k and/or threshold (how to choose from the ranking)")
     if top_k is not None and not 1 <= int(top_k) <= len(pool):
         raise LabError(f"top_k: {top_k} is not in 1..{len(pool)} (the pool size)")
     if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
         raise LabError(f"threshold: {threshold} is not a cosine similarity in [-1, 1]")
+    if threshold is not None and len(alphas) > 1:
+        raise LabError("threshold: it reads one similarity; with several α choose by top_k")
     method = _check_lookahead(lookahead)
     lam = {v: float(lambdas) for v in pool} if not isinstance(lambdas, Mapping) else dict(lambdas)
     missing = [v for v in pool if v not in lam]
     if missing:
         raise LabError(f"lambdas: no λ for {', '.join(missing)}")
     check_lambdas(list(lam.values()), "lambdas")
-    if calibration is not None:
-        calibration.check(pool, t_switch, alpha, method)
+    cals = calibrations_for(calibration, alphas, pool, t_switch, method)
 
-    # 1–3. base once, candidates from the shared prefix, CLIP similarity to the base
+    # 1–3. base once, candidates (each vector at each α) from the shared prefix, CLIP similarity to the base
     T = lab.steps
     branch = 0 if t_switch >= T else (T - t_switch if method == FULL else min(method, T - t_switch))
-    total = math.ceil(len(seeds) / BATCH) * (T + len(pool) * branch) + T  # + the final images (one batch ≤ 32)
+    # UNet calls: per batch of seeds the base and every (vector, α) branch, then the final images (one batch ≤ 32)
+    total = math.ceil(len(seeds) / BATCH) * (T + len(pool) * len(alphas) * branch) + T
     counter = Counter(on_call=(lambda c: on_step(c.calls, total)) if on_step else None)
-    br = explore(lab, prompts, seeds, pool, [t_switch], [alpha], [method], keep_images=True, counter=counter)
-    sims = br.sims[(t_switch, alpha, method)]
-    similarity = {v: [float(x) for x in sims[:, j]] for j, v in enumerate(pool)}
-    score = {v: float(sims[:, j].mean()) for j, v in enumerate(pool)}
+    br = explore(lab, prompts, seeds, pool, [t_switch], list(alphas), [method], keep_images=True, counter=counter)
+    sims = {a: br.sims[(t_switch, a, method)] for a in alphas}
+    similarity = {a: {v: [float(x) for x in sims[a][:, j]] for j, v in enumerate(pool)} for a in alphas}
+    score = {a: {v: float(sims[a][:, j].mean()) for j, v in enumerate(pool)} for a in alphas}
     # 4. rank (ties keep pool order) and choose: by similarity, or by calibrated relevance
-    relevance = {} if calibration is None else dict(zip(pool, calibration.relevance(
-        np.array([[score[v] for v in pool]]), pool)[0].tolist()))
-    ranking = sorted(pool, key=lambda v: -relevance[v] if relevance else score[v])
+    relevance = {} if cals is None else dict(zip(pool, strongest(
+        [np.array([[score[a][v] for v in pool]]) for a in alphas], cals, pool)[0].tolist()))
+    ranking = sorted(pool, key=lambda v: -relevance[v] if relevance else score[alphas[0]][v])
     chosen = ranking[:top_k] if top_k is not None else list(ranking)
     if threshold is not None:
-        chosen = [v for v in chosen if score[v] < threshold]
+        chosen = [v for v in chosen if score[alphas[0]][v] < threshold]
     # 5. the final images with only the chosen vectors (through lab.generate: same images as the grid)
     combo = [(lab.vector(v), lam[v]) for v in chosen]
     done = counter.calls
     final = lab.generate(prompts, seeds, combo, callback=(lambda _b, i, _n: on_step(done + i, total)) if on_step
                          else None) if combo else list(br.base_images)
-    imgs = br.images[(t_switch, alpha, method)]
-    return Selection(prompts, seeds, pool, lab.steps, t_switch, alpha, lookahead, similarity, score, ranking, chosen,
-                     {v: lam[v] for v in chosen}, br.base_images, {v: imgs[j] for j, v in enumerate(pool)}, final,
-                     br.counter.as_dict(), time.time() - t0, relevance)
+    imgs = {a: {v: br.images[(t_switch, a, method)][j] for j, v in enumerate(pool)} for a in alphas}
+    return Selection(prompts, seeds, pool, lab.steps, t_switch, alphas, lookahead, similarity, score, ranking, chosen,
+                     {v: lam[v] for v in chosen}, br.base_images, imgs, final, br.counter.as_dict(), time.time() - t0,
+                     relevance)
 
 
 # --- ROC AUC (Mann–Whitney U with ties) -------------------------------------------------------------------
@@ -513,6 +528,49 @@ class Calibration:
         return (1.0 - np.asarray(sims, np.float64)) / scale
 
 
+Strengths = float | Sequence[float]  # one probe strength α, or several (see strongest)
+Calibrations = Calibration | Sequence[Calibration]  # one per strength
+
+
+def strengths(alpha: Strengths) -> tuple[float, ...]:
+    """α as a tuple of probe strengths, checked: one number, or several distinct ones."""
+    alphas = list(alpha) if isinstance(alpha, Sequence) and not isinstance(alpha, str) else [alpha]
+    if not alphas:
+        raise LabError("alpha: give at least one strength")
+    return tuple(check_lambdas(alphas, "alpha", distinct=True))
+
+
+def calibrations_for(calibration: Calibrations | None, alphas: Sequence[float], pool: Sequence[str],
+                     t_switch: int, method: int) -> list[Calibration] | None:
+    """The calibration of each strength, in the order of ``alphas``, checked against the pool and the cell (None:
+    rank by similarity, which only one strength allows: 1 − s at different α does not compare)."""
+    if calibration is None:
+        if len(alphas) > 1:
+            raise LabError(f"α {', '.join(f'{a:g}' for a in alphas)}: several strengths need a calibration of each "
+                           "(raw similarities at different α do not compare)")
+        return None
+    given = [calibration] if isinstance(calibration, Calibration) else list(calibration)
+    by_alpha = {c.alpha: c for c in given}
+    missing = [a for a in alphas if a not in by_alpha]
+    if missing:
+        raise LabError(f"calibration: none made at α {', '.join(f'{a:g}' for a in missing)} (made at α "
+                       f"{', '.join(f'{a:g}' for a in by_alpha)})")
+    for a in alphas:
+        by_alpha[a].check(pool, t_switch, a, method)
+    return [by_alpha[a] for a in alphas]
+
+
+def strongest(sims: Sequence[Any], cals: Sequence[Calibration], pool: Sequence[str]) -> Any:
+    """Relevance when each vector is probed at several strengths: the largest of its calibrated relevances, one
+    rows × ``pool`` similarity array per strength. On the toy world an object vector is best told at a light
+    strength (pushed hard it redraws shapes on any prompt), a style vector at a strong one (a light push from
+    step T/2 leaves the pattern in place); a vector counts as relevant when at some strength it moves the picture
+    many times its usual distance at that strength."""
+    import numpy as np
+
+    return np.max([c.relevance(s, pool) for s, c in zip(sims, cals, strict=True)], axis=0)
+
+
 def neutral_probes(world: World, pool: Sequence[str], n: int, seed: int) -> list[Probe]:
     """``n`` world prompts that name no pool concept (control object, plain style): a calibration's prompts."""
     return world_probes(world, pool, n, seed, kinds=NEUTRAL)
@@ -535,28 +593,34 @@ class AucTable:
 
         return np.array([[v in p.relevant for v in self.pool] for p in self.probes])
 
-    def relevance(self, t_switch: int, alpha: float, method: int = FULL,
-                  calibration: Calibration | None = None) -> Any:
-        """Rows × pool: 1 − s (the paper's score), or (1 − s) / scale with a calibration; higher = more relevant."""
-        sims = self.branches.sims[(t_switch, alpha, method)]
-        if calibration is None:
-            return 1.0 - sims
-        calibration.check(self.pool, t_switch, alpha, method)
-        return calibration.relevance(sims, self.pool)
+    def relevance(self, t_switch: int, alpha: Strengths, method: int = FULL,
+                  calibration: Calibrations | None = None) -> Any:
+        """Rows × pool: 1 − s (the paper's score), or (1 − s) / scale with a calibration; higher = more relevant.
+        Several strengths α (each calibrated): the :func:`strongest` relevance over them."""
+        alphas = strengths(alpha)
+        missing = [a for a in alphas if (t_switch, a, method) not in self.branches.sims]
+        if missing:
+            raise LabError(f"(t_switch={t_switch}, alpha={', '.join(f'{a:g}' for a in missing)}, "
+                           f"{_method_name(method)}) is not in the table")
+        sims = [self.branches.sims[(t_switch, a, method)] for a in alphas]
+        cals = calibrations_for(calibration, alphas, self.pool, t_switch, method)
+        return 1.0 - sims[0] if cals is None else strongest(sims, cals, self.pool)
 
-    def auc(self, t_switch: int, alpha: float, method: int = FULL, calibration: Calibration | None = None) -> float:
+    def auc(self, t_switch: int, alpha: Strengths, method: int = FULL,
+            calibration: Calibrations | None = None) -> float:
         return roc_auc(self.relevance(t_switch, alpha, method, calibration), self.labels())
 
-    def auc_se(self, t_switch: int, alpha: float, method: int = FULL,
-               calibration: Calibration | None = None) -> float:
+    def auc_se(self, t_switch: int, alpha: Strengths, method: int = FULL,
+               calibration: Calibrations | None = None) -> float:
         """Bootstrap standard error of :meth:`auc` over the table's prompts (the calibration held fixed)."""
         return auc_se(self.relevance(t_switch, alpha, method, calibration), self.labels())
 
-    def vector_aucs(self, t_switch: int, alpha: float, method: int = FULL) -> dict[str, float]:
-        """Each vector's own AUC (its column of similarities alone), for the vectors that some prompts name and
-        some do not: which vectors the pooled ranking loses."""
-        y, sims = self.labels(), self.branches.sims[(t_switch, alpha, method)]
-        return {v: roc_auc(1.0 - sims[:, j], y[:, j]) for j, v in enumerate(self.pool) if 0 < y[:, j].sum() < len(y)}
+    def vector_aucs(self, t_switch: int, alpha: Strengths, method: int = FULL,
+                    calibration: Calibrations | None = None) -> dict[str, float]:
+        """Each vector's own AUC (its column of relevance alone), for the vectors that some prompts name and
+        some do not: which vectors the pooled ranking loses. At one strength a calibration leaves it as it is."""
+        y, rel = self.labels(), self.relevance(t_switch, alpha, method, calibration)
+        return {v: roc_auc(rel[:, j], y[:, j]) for j, v in enumerate(self.pool) if 0 < y[:, j].sum() < len(y)}
 
     def rows(self, calibrations: Mapping[tuple[int, float, int], Calibration] | None = None) -> list[dict[str, Any]]:
         """One row per (method, t_switch, α): what auc.csv holds (with ``auc_calibrated`` where a calibration
@@ -646,37 +710,41 @@ class Tradeoff:
     object is still recognised; higher = less collateral damage) per way of choosing the vectors."""
 
     t_switch: int
-    alpha: float
+    alphas: tuple[float, ...]  # the probe strength(s) of the selection
     method: int
     rows: list[dict[str, Any]]
     seconds: float
-    auc: float = math.nan      # of the table's similarities at (t_switch, α): how well these prompts were ranked
+    auc: float = math.nan      # of the table's ranking at (t_switch, α): how well these prompts were ranked
     n_probes: int = 0
 
 
-def tradeoff(lab: Lab, table: AucTable, *, t_switch: int, alpha: float, method: int = FULL,
+def tradeoff(lab: Lab, table: AucTable, *, t_switch: int, alpha: Strengths, method: int = FULL,
              top_ks: Sequence[int] = (1, 2), thresholds: Sequence[float] = (), lam: float = 1.0,
-             calibration: Calibration | None = None) -> Tradeoff:
+             calibration: Calibrations | None = None) -> Tradeoff:
     """Generate the table's prompts with: the base; all pool vectors added (λ = ``lam`` each); the top-k
     / below-threshold vectors of each prompt's ranking at (t_switch, α) (top-k by calibrated relevance when a
-    ``calibration`` is given; thresholds read the similarity); and the oracle (exactly the named ones).
-    Toy world only (it needs the anchors and the control objects)."""
+    ``calibration`` is given, by the strongest over several α; thresholds read the similarity of one α); and the
+    oracle (exactly the named ones). Toy world only (it needs the anchors and the control objects)."""
     import numpy as np
 
     t0 = time.time()
     if lab.world is None:
         raise LabError("tradeoff needs a world (control objects and anchors)")
-    key = (t_switch, float(alpha), method)
-    if key not in table.branches.sims:
-        raise LabError(f"(t_switch={t_switch}, alpha={alpha}, {_method_name(method)}) is not in the AUC table; "
-                       f"t_switches {table.switches}, alphas {table.alphas}")
-    sims, pool, probes = table.branches.sims[key], table.pool, table.probes
+    alphas = strengths(alpha)
+    missing = [a for a in alphas if (t_switch, a, method) not in table.branches.sims]
+    if missing:
+        raise LabError(f"(t_switch={t_switch}, alpha={', '.join(f'{a:g}' for a in missing)}, {_method_name(method)}) "
+                       f"is not in the AUC table; t_switches {table.switches}, alphas {table.alphas}")
+    if thresholds and len(alphas) > 1:
+        raise LabError("thresholds: they read one similarity; with several α choose by top-k")
+    pool, probes = table.pool, table.probes
     ways: dict[str, list[frozenset[str]]] = {"base": [frozenset()] * len(probes),
                                              "all vectors": [frozenset(pool)] * len(probes)}
-    rel = table.relevance(t_switch, float(alpha), method, calibration)
+    rel = table.relevance(t_switch, alphas, method, calibration)
     for k in top_ks:
         ways[f"adaptive top-{k}"] = [frozenset(pool[j] for j in np.argsort(-r, kind="stable")[:k]) for r in rel]
     for thr in thresholds:
+        sims = table.branches.sims[(t_switch, alphas[0], method)]
         ways[f"adaptive s<{thr:g}"] = [frozenset(v for v, x in zip(pool, s) if x < thr) for s in sims]
     ways["oracle (named only)"] = [p.relevant for p in probes]
     # 1. images per distinct (probe, vector set); the base images come from the table's run
@@ -715,28 +783,35 @@ def tradeoff(lab: Lab, table: AucTable, *, t_switch: int, alpha: float, method: 
                      "target_accuracy_style": _mean(hits["style"]), "control_accuracy": _mean(ctrl),
                      "control_accuracy_unnamed": _mean(ctrl_plain),
                      "mean_vectors": float(np.mean(n_vec)), "n_targets": len(both), "n_control": len(ctrl)})
-    return Tradeoff(t_switch, float(alpha), method, rows, time.time() - t0,
-                    table.auc(t_switch, float(alpha), method, calibration), len(probes))
+    return Tradeoff(t_switch, alphas, method, rows, time.time() - t0,
+                    table.auc(t_switch, alphas, method, calibration), len(probes))
 
 
 # --- files ---------------------------------------------------------------------------------------------------
 
 def save_selection(sel: Selection, out: str | Path) -> dict[str, str]:
-    """``ranking.csv`` and ``strip.png`` (per seed: base | candidates, most relevant first | final)."""
+    """``ranking.csv`` and ``strip.png`` (per seed: base | candidates, most relevant first, each α | final)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = sel.rows()
-    _write_csv(out / "ranking.csv", rows)
-    rel = {v: f" r={x:.1f}" for v, x in sel.relevance.items()}
-    cols = [("base", sel.base_images)] + [
-        (f"{v}\ns={sel.scores[v]:.3f}{rel.get(v, '')}{' ✓' if v in sel.chosen else ''}", sel.candidate_images[v])
-        for v in sel.ranking]
-    cols.append(("final\n" + ("+".join(sel.chosen) or "none"), sel.final_images))
+    _write_csv(out / "ranking.csv", sel.rows())
+    several = len(sel.alphas) > 1
+
+    def name(v: str, a: float) -> str:
+        """A candidate's column title: vector (and α), its similarity, its relevance under its last α, ✓ chosen."""
+        r = f" r={sel.relevance[v]:.1f}" if sel.relevance and a == sel.alphas[-1] else ""
+        return (f"{v}{f' α{a:g}' if several else ''}\ns={sel.scores[a][v]:.3f}{r}"
+                f"{' ✓' if v in sel.chosen else ''}")
+
+    cols = [("base", sel.base_images), *((name(v, a), sel.candidate_images[a][v])
+                                         for v in sel.ranking for a in sel.alphas),
+            ("final\n" + ("+".join(sel.chosen) or "none"), sel.final_images)]
     what = f"lookahead {sel.lookahead}" if sel.lookahead else "full"
-    how = ("highest relevance first (r = (1 − s) / the vector's usual 1 − s)" if sel.relevance else
-           "lowest CLIP similarity to the base first")
-    title = (f"{sel.prompts[0]!r}: t_switch {sel.t_switch}/{sel.steps}, α {sel.alpha:g}, {what}\n"
-             f"candidates ranked: {how}; s = similarity to the base, ✓ chosen")
+    how = "lowest CLIP similarity to the base first"
+    if sel.relevance:
+        how = ("highest relevance first (r = (1 − s) / the vector's usual 1 − s"
+               + (", the larger over α)" if several else ")"))
+    title = (f"{sel.prompts[0]!r}: t_switch {sel.t_switch}/{sel.steps}, α {', '.join(f'{a:g}' for a in sel.alphas)}, "
+             f"{what}\ncandidates ranked: {how}; s = similarity to the base, ✓ chosen")
     _strip(out / "strip.png", cols, [f"seed {s}" for s in sel.seeds], title)
     return {"ranking": str(out / "ranking.csv"), "strip": str(out / "strip.png")}
 
@@ -789,12 +864,15 @@ def save_tradeoff(trade: Tradeoff, table: AucTable, out: str | Path) -> dict[str
     out.mkdir(parents=True, exist_ok=True)
     files = {"tradeoff": out / "tradeoff.csv", "tradeoff_plot": out / "tradeoff.png",
              "tradeoff_probes": out / "tradeoff_probes.csv"}
-    _write_csv(files["tradeoff"], [{"t_switch": trade.t_switch, "steps": table.steps, "alpha": trade.alpha,
+    strength = " ".join(f"{a:g}" for a in trade.alphas)
+    _write_csv(files["tradeoff"], [{"t_switch": trade.t_switch, "steps": table.steps, "alpha": strength,
                                     "method": _method_name(trade.method), "auc": trade.auc, **r} for r in trade.rows])
-    sims = table.branches.sims[(trade.t_switch, trade.alpha, trade.method)]
+    sims = {a: table.branches.sims[(trade.t_switch, a, trade.method)] for a in trade.alphas}
+    one = len(trade.alphas) == 1
     _write_csv(files["tradeoff_probes"], [{"prompt": p.prompt, "seed": p.seed, "relevant": " ".join(sorted(p.relevant)),
                                            "control": p.control or "",
-                                           **{f"sim_{v}": float(sims[i, j]) for j, v in enumerate(table.pool)}}
+                                           **{f"sim_{v}" + ("" if one else f"_alpha{a:g}"): float(sims[a][i, j])
+                                              for a in trade.alphas for j, v in enumerate(table.pool)}}
                                           for i, p in enumerate(table.probes)])
     fig, ax = plots.figure(1, 1, size=(5.6, 4.4))
     for i, r in enumerate(trade.rows):
@@ -805,7 +883,7 @@ def save_tradeoff(trade: Tradeoff, table: AucTable, out: str | Path) -> dict[str
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(-0.05, 1.05)
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(f"{trade.n_probes} prompts; selection at t_switch {trade.t_switch}/{table.steps}, α {trade.alpha:g} "
+    ax.set_title(f"{trade.n_probes} prompts; selection at t_switch {trade.t_switch}/{table.steps}, α {strength} "
                  f"({_method_name(trade.method)}, AUC {trade.auc:.2f})", fontsize=8)
     plots.save(fig, files["tradeoff_plot"])
     return {k: str(v) for k, v in files.items()}
@@ -913,7 +991,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pool", nargs="+", help="concept names of the candidate vectors (default: all)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (scores are averaged over them)")
     p.add_argument("--t-switch", type=int, help="steps done with the base before switching (default: T/2)")
-    p.add_argument("--alpha", type=float, default=2.0, help="candidate strength α (θ + α·τ; default 2)")
+    p.add_argument("--alpha", type=float, nargs="+", default=[2.0],
+                   help="candidate strength α (θ + α·τ; default 2); several (e.g. 0.5 2, with --calibrate): each "
+                   "vector is probed at each and ranked by its larger calibrated relevance")
     p.add_argument("--top-k", type=int, help="choose the k most relevant vectors")
     p.add_argument("--threshold", type=float, help="choose vectors with mean similarity below this")
     p.add_argument("--lambda", dest="lam", type=float, default=1.0, help="λ of each chosen vector (default 1)")
@@ -932,7 +1012,8 @@ def register(subparsers: Any) -> None:
     g.add_argument("--prompt-seed", type=int, default=0, help="seed of the prompt draw")
     g.add_argument("--lookaheads", type=int, nargs="*", default=[1, 2], help="lookahead columns (free)")
     g.add_argument("--tradeoff-frac", type=float, default=0.4, help="t_switch fraction of the trade-off (0.4)")
-    g.add_argument("--tradeoff-alpha", type=float, default=2.0, help="α of the trade-off (default 2)")
+    g.add_argument("--tradeoff-alpha", type=float, nargs="+", default=[2.0],
+                   help="α of the trade-off (default 2; several, with --calibrate: the two-strength probe)")
     g.add_argument("--tradeoff-prompts", type=int, default=48,
                    help="labelled prompts of the trade-off, drawn with --prompt-seed + 1 (default 48)")
     g.add_argument("--top-ks", type=int, nargs="*", default=[1, 2], help="top-k rules of the trade-off")
@@ -956,8 +1037,12 @@ def cmd_adaptive(args: Any) -> dict[str, Any]:
             raise LabError("give --prompt (or --auc for the AUC table)")
         pool = args.pool or list(lab.concepts)
         k = lab.steps // 2 if args.t_switch is None else args.t_switch
-        cal = calibrate(lab, pool, t_switch=k, alpha=args.alpha, lookahead=args.lookahead, n_prompts=args.calibrate,
-                        seed=args.prompt_seed + 2) if args.calibrate else None
+        cal = None
+        if args.calibrate:  # one run over the neutral prompts calibrates every α (of the method used)
+            cals = calibrations(lab, pool, t_switches=[k], alphas=args.alpha,
+                                lookaheads=[args.lookahead] if args.lookahead else [], n_prompts=args.calibrate,
+                                seed=args.prompt_seed + 2)
+            cal = [c for c in cals.values() if c.method == _check_lookahead(args.lookahead)]
         sel = select(lab, args.prompt, pool, t_switch=k, alpha=args.alpha, seeds=args.seeds, top_k=args.top_k,
                      threshold=args.threshold, lambdas=args.lam, lookahead=args.lookahead, calibration=cal)
         return {"mode": "select", **sel.summary(), "files": save_selection(sel, args.out)}
@@ -986,16 +1071,19 @@ def _cmd_auc(lab: Lab, args: Any) -> dict[str, Any]:
         # 2. the trade-off at one point, on its own (fresh, larger) set of prompts
         k = fracs_to_steps([args.tradeoff_frac], lab.steps)[0]
         t1 = time.time()
-        ttable = auc_table(lab, [k], [args.tradeoff_alpha], pool=pool, n_prompts=args.tradeoff_prompts,
+        ttable = auc_table(lab, [k], args.tradeoff_alpha, pool=pool, n_prompts=args.tradeoff_prompts,
                            seed=args.prompt_seed + 1, lookaheads=())
         cal = None
-        if args.calibrate:
-            cal = cals.get((k, float(args.tradeoff_alpha), FULL)) or calibrate(
-                lab, pool, t_switch=k, alpha=args.tradeoff_alpha, n_prompts=args.calibrate, seed=args.prompt_seed + 2)
+        if args.calibrate:  # the AUC grid's calibration of each α where it has one, else measured now
+            todo = [a for a in args.tradeoff_alpha if (k, float(a), FULL) not in cals]
+            if todo:
+                cals.update(calibrations(lab, pool, t_switches=[k], alphas=todo, n_prompts=args.calibrate,
+                                         seed=args.prompt_seed + 2))
+            cal = [cals[(k, float(a), FULL)] for a in args.tradeoff_alpha]
         trade = tradeoff(lab, ttable, t_switch=k, alpha=args.tradeoff_alpha, top_ks=args.top_ks,
                          thresholds=args.thresholds, calibration=cal)
         res["files"].update(save_tradeoff(trade, ttable, args.out))
-        res["tradeoff"] = {"t_switch": k, "alpha": trade.alpha, "auc": trade.auc, "n_prompts": trade.n_probes,
+        res["tradeoff"] = {"t_switch": k, "alpha": list(trade.alphas), "auc": trade.auc, "n_prompts": trade.n_probes,
                            "calibrated": cal is not None,
                            "prompt_seed": args.prompt_seed + 1, "rows": trade.rows}
         res["seconds"]["tradeoff"] = time.time() - t1
@@ -1005,12 +1093,14 @@ def _cmd_auc(lab: Lab, args: Any) -> dict[str, Any]:
 
 def print_adaptive(res: dict[str, Any]) -> None:
     if res["mode"] == "select":
-        rel = "relevance" in res["ranking"][0]
-        print(text_table(["rank", "vector", "similarity", *(["relevance"] if rel else []), "chosen"],
-                         [[r["rank"], r["vector"], r["similarity"], *([r["relevance"]] if rel else []),
-                           "yes" if r["chosen"] else ""] for r in res["ranking"]]))
+        sims = [c for c in res["ranking"][0] if c.startswith("similarity") and "_seed" not in c]
+        rel = ["relevance"] if "relevance" in res["ranking"][0] else []
+        print(text_table(["rank", "vector", *sims, *rel, "chosen"],
+                         [[r["rank"], r["vector"], *(r[c] for c in sims + rel), "yes" if r["chosen"] else ""]
+                          for r in res["ranking"]]))
         print(f"\nchosen: {', '.join(res['chosen']) or 'none'}; t_switch {res['t_switch']}/{res['steps']}, "
-              f"α {res['alpha']:g}; {res['counts']['unet_calls']} UNet calls, {res['seconds']:.1f} s")
+              f"α {', '.join(f'{a:g}' for a in res['alpha'])}; {res['counts']['unet_calls']} UNet calls, "
+              f"{res['seconds']:.1f} s")
     else:
         for m in dict.fromkeys(r["method"] for r in res["auc"]):
             rows = [r for r in res["auc"] if r["method"] == m]
@@ -1028,7 +1118,8 @@ def print_adaptive(res: dict[str, Any]) -> None:
         if res["tradeoff"]:
             t = res["tradeoff"]
             print(f"trade-off: {t['n_prompts']} prompts, selection at t_switch {t['t_switch']}/{res['steps']}, "
-                  f"α {t['alpha']:g}{', calibrated ranking' if t['calibrated'] else ''} (AUC there {t['auc']:.3f})")
+                  f"α {', '.join(f'{a:g}' for a in t['alpha'])}{', calibrated ranking' if t['calibrated'] else ''} "
+                  f"(AUC there {t['auc']:.3f})")
             print(text_table(["way", "target acc", "object", "style", "control acc", "no target named", "vectors"],
                          [[r["way"], r["target_accuracy"], r["target_accuracy_object"], r["target_accuracy_style"],
                            r["control_accuracy"], r["control_accuracy_unnamed"], r["mean_vectors"]]

@@ -54,7 +54,8 @@ LAMBDAS_GRADUAL = (0.0, 0.25, 0.5, 0.75, 1.0)
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 MULTI_ORDER = ("smiley", "striped", "die", "dotted", "warning", "checkered", "kite")  # objects and styles alternate
 MERGES = {"ties": {"density": 0.2}, "dare": {"p": 0.9}, "median": {}, "topp": {"density": 0.2}}
-ADAPTIVE_ALPHAS = (1.0, 2.0)
+ADAPTIVE_ALPHAS = (0.5, 1.0, 2.0)  # the paper's Table 3 range where the toy world's AUC is highest
+ADAPTIVE_PROBE = (0.5, 2.0)        # the two-strength probe (research.adaptive.strongest); chosen on probe seeds 2-4
 PAIR = ("smiley", "striped")
 
 
@@ -298,8 +299,9 @@ def measure_multi(ev: Evaluator) -> dict:
 def measure_adaptive(ev: Evaluator) -> dict:
     """(g) ROC AUC of adaptive selection (shared prefix, switch at T/2) over labelled toy prompts: ranked by
     similarity (the paper) and by calibrated relevance (each vector's usual movement measured on other, neutral
-    prompts: probe seeds 20 000+, the evaluated ones 10 000+), with bootstrap standard errors over prompts."""
-    from ..research.adaptive import FULL, auc_table, calibrations
+    prompts: probe seeds 20 000+, the evaluated ones 10 000+), at each α and with the two-strength probe (each
+    vector's larger calibrated relevance of α 0.5 and 2), with bootstrap standard errors over prompts."""
+    from ..research.adaptive import FULL, auc_table, calibrations, strengths
     from ..research.lab import Lab
 
     lab, k, pool = Lab.from_world(ev.root, steps=STEPS, guidance=GUIDANCE), STEPS // 2, list(ev.vectors)
@@ -307,16 +309,19 @@ def measure_adaptive(ev: Evaluator) -> dict:
     cals = calibrations(lab, pool, t_switches=[k], alphas=list(ADAPTIVE_ALPHAS), n_prompts=ev.sizes.calibration,
                         seed=2)
 
-    def stat(a: float, calibrated: bool) -> dict:
-        cal = cals[(k, a, FULL)] if calibrated else None
+    def stat(a: float | tuple[float, ...], calibrated: bool) -> dict:
+        cal = [cals[(k, x, FULL)] for x in strengths(a)] if calibrated else None
         return {"mean": table.auc(k, a, calibration=cal), "se": table.auc_se(k, a, calibration=cal),
                 "n": len(table.probes)}
 
     return {"t_switch": k, "steps": STEPS, "prompts": ev.sizes.adaptive, "calibration_prompts": ev.sizes.calibration,
             "auc": {str(a): stat(a, False) for a in ADAPTIVE_ALPHAS},
             "auc_calibrated": {str(a): stat(a, True) for a in ADAPTIVE_ALPHAS},
+            "probe": {"alphas": list(ADAPTIVE_PROBE), **stat(ADAPTIVE_PROBE, True),
+                      "per_vector": table.vector_aucs(k, ADAPTIVE_PROBE,
+                                                      calibration=[cals[(k, x, FULL)] for x in ADAPTIVE_PROBE])},
             "scale": {str(a): dict(cals[(k, a, FULL)].scale) for a in ADAPTIVE_ALPHAS},
-            "auc_per_vector_alpha1": table.vector_aucs(k, 1.0)}
+            "auc_per_vector": {str(a): table.vector_aucs(k, a) for a in ADAPTIVE_ALPHAS}}
 
 
 def measure_gradual(ev: Evaluator) -> dict:

@@ -51,7 +51,7 @@ def bars(res: dict) -> dict[str, bool]:
         "a merge method recovers ≥ 1/3 of the loss at N = all": any(
             r["recovered"] >= 1 / 3 for m, r in multi["methods"].items() if m != "linear"),
         "adaptive ROC AUC at T/2 ≥ 0.90 (calibrated ranking)": max(
-            x["mean"] for x in res["adaptive"]["auc_calibrated"].values()) >= 0.90,
+            x["mean"] for x in [*res["adaptive"]["auc_calibrated"].values(), res["adaptive"]["probe"]]) >= 0.90,
         "prompt following ≥ 0.85 (colour, non-target objects and styles)": all(
             res["follow"][k]["mean"] >= 0.85 for k in ("colour", "objects (not targets)", "styles (not targets)")),
     }
@@ -135,14 +135,25 @@ def render(res: dict, command: str) -> str:
               f"step {a['t_switch']} of {a['steps']}, {a['prompts']} labelled prompts (± bootstrap SE over "
               "prompts). Ranked by 1 − similarity (the paper's score) and by calibrated relevance, (1 − similarity) "
               f"/ the vector's median 1 − similarity on {a['calibration_prompts']} other prompts that name no target "
-              "(bar ≥ 0.90, on the calibrated ranking):", "",
+              "(bar ≥ 0.90, on the best calibrated ranking). The two-strength probe ranks each vector by the "
+              "larger of its calibrated relevances at two α:", "",
               "| α | 1 − similarity | calibrated |", "|---|---|---|"]
     for k in a["auc"]:
         lines.append(f"| {k} | {_pm(a['auc'][k], 3)} | {_pm(a['auc_calibrated'][k], 3)} |")
-    lines += ["", "Usual movement (median 1 − similarity on the neutral prompts) at α = 1: "
-              + ", ".join(f"{v} {x:.4f}" for v, x in a["scale"]["1.0"].items()) + ". Each vector's own AUC at "
-              "α = 1 (its similarities alone, which calibration leaves as they are): "
-              + ", ".join(f"{v} {x:.3f}" for v, x in a["auc_per_vector_alpha1"].items()) + "."]
+    probe = a["probe"]
+    strengths = " and ".join(f"{x:g}" for x in probe["alphas"])
+    lines.append(f"| {strengths} (probe) | – | {_pm(probe, 3)} |")
+    vectors = list(probe["per_vector"])
+    lines += ["", "Each vector's own AUC (its column alone; at one α calibration leaves it as it is) and its usual "
+              "movement (median 1 − similarity on the neutral prompts):", "",
+              "| | " + " | ".join(vectors) + " |", "|---|" + "---|" * len(vectors)]
+    for k in a["auc_per_vector"]:
+        lines.append(f"| own AUC, α = {k} | " + " | ".join(f"{a['auc_per_vector'][k][v]:.3f}" for v in vectors)
+                     + " |")
+    lines.append(f"| own AUC, probe {strengths} | " + " | ".join(f"{probe['per_vector'][v]:.3f}" for v in vectors)
+                 + " |")
+    for k in a["scale"]:
+        lines.append(f"| usual movement, α = {k} | " + " | ".join(f"{a['scale'][k][v]:.4f}" for v in vectors) + " |")
     from .evaluate import LAMBDAS_GRADUAL
 
     lines += ["", "**h. Gradual ablation** (TAD Table 2): target accuracy vs λ", "",

@@ -22,7 +22,8 @@ from .handlers import progress_reporter, session_of
 IMAGE = {"type": "filepath", "format": "png", "interactive": False, "buttons": ["download", "fullscreen"]}
 # the widgets that follow the base model, in the order of ResearchHandlers.base_changed's outputs
 FOLLOW_BASE = ("note", "sweep_concept", "sweep_steps", "multi_concepts", "multi_order", "multi_steps",
-               "analysis_concepts", "expression", "prompt", "pool", "t_switch", "adaptive_steps", "top_k")
+               "analysis_concepts", "expression", "prompt", "pool", "t_switch", "adaptive_steps", "top_k",
+               "alpha", "calibration")
 
 
 class ResearchHandlers:
@@ -65,7 +66,7 @@ class ResearchHandlers:
         return (out["status"], out["cosine"], out["blocks"], out["vectors"], out["pairs"], out["csv"],
                 out["vectors_csv"])
 
-    def adaptive(self, prompt: str, pool: list[str], t_switch: float = 10, alpha: float = 2.0, top_k: float = 2,
+    def adaptive(self, prompt: str, pool: list[str], t_switch: float = 10, alpha: str = "2", top_k: float = 2,
                  seeds: str = "0", steps: float | None = None, base: str | None = None, calibration: float = 0,
                  request: gr.Request = None, progress=gr.Progress()) -> tuple:  # noqa: B008
         """Rank the pool's vectors for a prompt (shared base prefix, CLIP similarity) and apply the top k."""
@@ -90,6 +91,7 @@ class ResearchHandlers:
                    "expression": d["expression"], "prompt": d["prompt"],
                    "pool": gr.update(choices=picks, value=d["pool"]), "t_switch": d["t_switch"],
                    "top_k": gr.update(maximum=max(1, len(picks)), value=d["top_k"]),
+                   "alpha": d["alpha"], "calibration": d["calibration"],
                    **{f"{view}_steps": d["steps"] for view in ("sweep", "multi", "adaptive")}}
         return tuple(updates[k] for k in FOLLOW_BASE)
 
@@ -274,8 +276,9 @@ def _adaptive(cfg: dict[str, Any], h: ResearchHandlers, base: gr.Dropdown, gpu: 
                                      maximum=lim["max_steps"], info="0 … steps: steps with the base model before "
                                                                     "the candidates branch")
                 steps = _steps(cfg)
-            alpha = gr.Slider(0.1, lim["max_alpha"], value=d["alpha"], step=0.1, label="α (candidate strength)",
-                              info=f"θ + α·τ, 0 < α ≤ {lim['max_alpha']:g} (α > 0 ablates)")
+            alpha = gr.Textbox(d["alpha"], label=f"α (candidate strength; 1–{lim['max_strengths']}, comma-separated)",
+                               info=f"θ + α·τ, 0 < α ≤ {lim['max_alpha']:g}; several α (e.g. 0.5, 2) probe each "
+                                    "vector at each and need calibration prompts")
             top_k = gr.Slider(1, max(1, len(cfg["concepts"])), value=d["top_k"], step=1, label="top-k",
                               info="the k most relevant vectors are applied (λ = 1)")
             seeds = gr.Textbox(d["seeds"], label=f"Seeds (1–{lim['max_seeds']}, comma-separated)",
@@ -295,4 +298,5 @@ def _adaptive(cfg: dict[str, Any], h: ResearchHandlers, base: gr.Dropdown, gpu: 
             csv = _download("Ranking CSV")
     _wire(h, run, stop, h.adaptive, [prompt, pool, t_switch, alpha, top_k, seeds, steps, base, calibration],
           [status, strip, table, csv], "adaptive", [strip], gpu)
-    return {"prompt": prompt, "pool": pool, "t_switch": t_switch, "adaptive_steps": steps, "top_k": top_k}
+    return {"prompt": prompt, "pool": pool, "t_switch": t_switch, "adaptive_steps": steps, "top_k": top_k,
+            "alpha": alpha, "calibration": calibration}

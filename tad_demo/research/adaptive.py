@@ -790,29 +790,33 @@ def tradeoff(lab: Lab, table: AucTable, *, t_switch: int, alpha: Strengths, meth
 # --- files ---------------------------------------------------------------------------------------------------
 
 def save_selection(sel: Selection, out: str | Path) -> dict[str, str]:
-    """``ranking.csv`` and ``strip.png`` (per seed: base | candidates, most relevant first, each α | final)."""
+    """``ranking.csv`` and ``strip.png``: base | candidates, most relevant first | final; one row per seed, and per
+    α when several were probed."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "ranking.csv", sel.rows())
     several = len(sel.alphas) > 1
+    rows = [(i, a) for i in range(len(sel.seeds)) for a in sel.alphas]  # (seed index, α) of each strip row
 
-    def name(v: str, a: float) -> str:
-        """A candidate's column title: vector (and α), its similarity, its relevance under its last α, ✓ chosen."""
-        r = f" r={sel.relevance[v]:.1f}" if sel.relevance and a == sel.alphas[-1] else ""
-        return (f"{v}{f' α{a:g}' if several else ''}\ns={sel.scores[a][v]:.3f}{r}"
-                f"{' ✓' if v in sel.chosen else ''}")
+    def name(v: str) -> str:
+        """A candidate's column title: vector (✓ chosen), its similarity at each α, its relevance."""
+        sims = "/".join(f"{sel.scores[a][v]:.3f}" for a in sel.alphas)
+        r = f"{chr(10) if several else ' '}r={sel.relevance[v]:.1f}" if sel.relevance else ""
+        return f"{v}{' ✓' if v in sel.chosen else ''}\ns={sims}{r}"  # 3 short lines when several α share a column
 
-    cols = [("base", sel.base_images), *((name(v, a), sel.candidate_images[a][v])
-                                         for v in sel.ranking for a in sel.alphas),
-            ("final\n" + ("+".join(sel.chosen) or "none"), sel.final_images)]
+    cols = [("base", [sel.base_images[i] for i, _ in rows]),
+            *((name(v), [sel.candidate_images[a][v][i] for i, a in rows]) for v in sel.ranking),
+            ("final\n" + ("+".join(sel.chosen) or "none"), [sel.final_images[i] for i, _ in rows])]
     what = f"lookahead {sel.lookahead}" if sel.lookahead else "full"
     how = "lowest CLIP similarity to the base first"
     if sel.relevance:
         how = ("highest relevance first (r = (1 − s) / the vector's usual 1 − s"
                + (", the larger over α)" if several else ")"))
     title = (f"{sel.prompts[0]!r}: t_switch {sel.t_switch}/{sel.steps}, α {', '.join(f'{a:g}' for a in sel.alphas)}, "
-             f"{what}\ncandidates ranked: {how}; s = similarity to the base, ✓ chosen")
-    _strip(out / "strip.png", cols, [f"seed {s}" for s in sel.seeds], title)
+             f"{what}\ncandidates ranked: {how}; s = similarity to the base" + (" at each α" if several else "")
+             + ", ✓ chosen")
+    _strip(out / "strip.png", cols, [f"seed {sel.seeds[i]}" + (f", α {a:g}" if several else "") for i, a in rows],
+           title)
     return {"ranking": str(out / "ranking.csv"), "strip": str(out / "strip.png")}
 
 

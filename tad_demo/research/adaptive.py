@@ -500,9 +500,7 @@ class Calibration:
         """The calibration of a table's neutral rows (its prompts that name no pool vector)."""
         import numpy as np
 
-        sims = table.branches.sims.get((t_switch, float(alpha), method))
-        if sims is None:
-            raise LabError(f"(t_switch={t_switch}, alpha={alpha}, {_method_name(method)}) is not in the table")
+        sims = table.sims_at(t_switch, (float(alpha),), method)[0]
         neutral = np.array([not p.relevant for p in table.probes])
         if not neutral.any():
             raise LabError("calibration: no prompt of the table names none of the pool (give neutral prompts)")
@@ -598,13 +596,18 @@ class AucTable:
         """Rows × pool: 1 − s (the paper's score), or (1 − s) / scale with a calibration; higher = more relevant.
         Several strengths α (each calibrated): the :func:`strongest` relevance over them."""
         alphas = strengths(alpha)
+        sims = self.sims_at(t_switch, alphas, method)
+        cals = calibrations_for(calibration, alphas, self.pool, t_switch, method)
+        return 1.0 - sims[0] if cals is None else strongest(sims, cals, self.pool)
+
+    def sims_at(self, t_switch: int, alphas: Sequence[float], method: int = FULL) -> list[Any]:
+        """The rows × pool similarities of each α at (t_switch, method): a LabError naming any cell not measured."""
         missing = [a for a in alphas if (t_switch, a, method) not in self.branches.sims]
         if missing:
             raise LabError(f"(t_switch={t_switch}, alpha={', '.join(f'{a:g}' for a in missing)}, "
-                           f"{_method_name(method)}) is not in the table")
-        sims = [self.branches.sims[(t_switch, a, method)] for a in alphas]
-        cals = calibrations_for(calibration, alphas, self.pool, t_switch, method)
-        return 1.0 - sims[0] if cals is None else strongest(sims, cals, self.pool)
+                           f"{_method_name(method)}) is not in the table; t_switches {self.switches}, "
+                           f"alphas {self.alphas}")
+        return [self.branches.sims[(t_switch, a, method)] for a in alphas]
 
     def auc(self, t_switch: int, alpha: Strengths, method: int = FULL,
             calibration: Calibrations | None = None) -> float:
@@ -731,10 +734,7 @@ def tradeoff(lab: Lab, table: AucTable, *, t_switch: int, alpha: Strengths, meth
     if lab.world is None:
         raise LabError("tradeoff needs a world (control objects and anchors)")
     alphas = strengths(alpha)
-    missing = [a for a in alphas if (t_switch, a, method) not in table.branches.sims]
-    if missing:
-        raise LabError(f"(t_switch={t_switch}, alpha={', '.join(f'{a:g}' for a in missing)}, {_method_name(method)}) "
-                       f"is not in the AUC table; t_switches {table.switches}, alphas {table.alphas}")
+    sims = table.sims_at(t_switch, alphas, method)[0]  # the first α's: what thresholds read
     if thresholds and len(alphas) > 1:
         raise LabError("thresholds: they read one similarity; with several α choose by top-k")
     pool, probes = table.pool, table.probes
@@ -744,7 +744,6 @@ def tradeoff(lab: Lab, table: AucTable, *, t_switch: int, alpha: Strengths, meth
     for k in top_ks:
         ways[f"adaptive top-{k}"] = [frozenset(pool[j] for j in np.argsort(-r, kind="stable")[:k]) for r in rel]
     for thr in thresholds:
-        sims = table.branches.sims[(t_switch, alphas[0], method)]
         ways[f"adaptive s<{thr:g}"] = [frozenset(v for v, x in zip(pool, s) if x < thr) for s in sims]
     ways["oracle (named only)"] = [p.relevant for p in probes]
     # 1. images per distinct (probe, vector set); the base images come from the table's run
